@@ -1,0 +1,119 @@
+"""Typed connection configs for the archives the spanner queries, one pydantic model per source kind.
+
+`SourceConnection` is a discriminated union on `kind`; the database stores it as JSON and validates it on the way
+in and out, so a bad port or URL is refused with the field named.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator, model_validator
+
+AE_TITLE_PATTERN = r"^[\x20-\x5b\x5d-\x7e]{1,16}$"  # PS3.5 6.2 AE: 16 chars, no backslash or control chars
+
+
+def _check_ae_title(value: str) -> str:
+    text = value.strip()
+    if not text or len(text) > 16 or "\\" in text or any(ord(c) < 0x20 or ord(c) > 0x7E for c in text):
+        raise ValueError("an AE title is 1-16 printable ASCII characters without backslash (PS3.5 6.2)")
+    return text
+
+
+class _Connection(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DimseConnection(_Connection):
+    """A DIMSE Query/Retrieve SCP."""
+
+    kind: Literal["dimse"] = "dimse"
+    ae_title: str
+    host: str
+    port: int = Field(ge=1, le=65535)
+    calling_ae_title: str = "AXIOM"
+    max_pdu: int = Field(default=0, ge=0, description="0 = unlimited (PS3.8 D.1)")
+    acse_timeout: float = Field(default=10.0, gt=0)
+    dimse_timeout: float = Field(default=30.0, gt=0)
+    network_timeout: float = Field(default=30.0, gt=0)
+    connect_timeout: float = Field(default=5.0, gt=0)
+    supports_cget: bool = True
+    supports_cmove: bool = True
+
+    _ae = field_validator("ae_title", "calling_ae_title")(classmethod(lambda cls, v: _check_ae_title(v)))
+
+    @field_validator("host")
+    @classmethod
+    def _host(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("host must not be empty")
+        return value.strip()
+
+
+class DicomwebAuth(_Connection):
+    """HTTP authentication for a DICOMweb server."""
+
+    type: Literal["none", "basic", "bearer", "api_key"] = "none"
+    username: str | None = None
+    password: str | None = None
+    token: str | None = None
+    header: str = "X-API-Key"
+
+    @model_validator(mode="after")
+    def _complete(self) -> "DicomwebAuth":
+        if self.type == "basic" and not (self.username and self.password is not None):
+            raise ValueError("basic auth needs username and password")
+        if self.type in ("bearer", "api_key") and not self.token:
+            raise ValueError(f"{self.type} auth needs token")
+        return self
+
+
+class DicomwebConnection(_Connection):
+    """A DICOMweb server (PS3.18): QIDO-RS, WADO-RS and STOW-RS under one base URL."""
+
+    kind: Literal["dicomweb"] = "dicomweb"
+    base_url: str
+    qido_prefix: str = ""
+    wado_prefix: str = ""
+    stow_prefix: str = ""
+    auth: DicomwebAuth = DicomwebAuth()
+    timeout: float = Field(default=30.0, gt=0)
+    verify_tls: bool = True
+
+    @field_validator("base_url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        text = value.strip().rstrip("/")
+        if not text.startswith(("http://", "https://")) or len(text) <= len("https://"):
+            raise ValueError("base_url must be an http:// or https:// URL")
+        return text
+
+
+class GoogleHealthcareConnection(_Connection):
+    """A Google Cloud Healthcare API DICOM store (served over DICOMweb)."""
+
+    kind: Literal["google_healthcare"] = "google_healthcare"
+    project: str = Field(min_length=1)
+    location: str = Field(min_length=1)
+    dataset: str = Field(min_length=1)
+    dicom_store: str = Field(min_length=1)
+    timeout: float = Field(default=30.0, gt=0)
+
+    @property
+    def base_url(self) -> str:
+        return (
+            "https://healthcare.googleapis.com/v1/projects/"
+            f"{self.project}/locations/{self.location}/datasets/{self.dataset}/dicomStores/{self.dicom_store}/dicomWeb"
+        )
+
+
+SourceConnection = Annotated[
+    Union[DimseConnection, DicomwebConnection, GoogleHealthcareConnection], Field(discriminator="kind")
+]
+SOURCE_CONNECTION = TypeAdapter(SourceConnection)
+SOURCE_KINDS = ("dimse", "dicomweb", "google_healthcare")
+
+
+def parse_connection(data: dict) -> DimseConnection | DicomwebConnection | GoogleHealthcareConnection:
+    """Validate a connection dict (with `kind`); pydantic.ValidationError names the bad field."""
+    return SOURCE_CONNECTION.validate_python(data)
