@@ -1,0 +1,75 @@
+"""The QueryPorts of one span, keyed by source kind, closed together when the span ends.
+
+    with build_query_ports() as ports:
+        result = run_span(request, sources, ports=ports, ...)
+
+Ports are built lazily: a span over DICOMweb sources only never creates a pynetdicom AE.
+"""
+
+from __future__ import annotations
+
+import logging
+from types import TracebackType
+from typing import Callable, Iterator, Mapping
+
+from shared.adapters.dicomweb import QidoQueryPort, TokenProvider
+from shared.adapters.dimse_scu import DimseQueryPort
+from shared.spanning.ports import QueryPort
+
+logger = logging.getLogger(__name__)
+
+
+class QueryPorts(Mapping[str, QueryPort]):
+    """A read-only mapping kind -> QueryPort that builds each port on first access and closes them all."""
+
+    def __init__(self, factories: Mapping[str, Callable[[], QueryPort]]) -> None:
+        self._factories = dict(factories)
+        self._ports: dict[str, QueryPort] = {}
+        self._shared: dict[Callable[[], QueryPort], QueryPort] = {}
+
+    def __getitem__(self, kind: str) -> QueryPort:
+        if kind not in self._ports:
+            factory = self._factories[kind]  # KeyError: unknown kind, as a Mapping should
+            port = self._shared.get(factory)
+            if port is None:
+                port = self._shared[factory] = factory()
+            self._ports[kind] = port
+        return self._ports[kind]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._factories)
+
+    def __len__(self) -> int:
+        return len(self._factories)
+
+    def close(self) -> None:
+        """Close every port built so far (each once, even when it serves several kinds)."""
+        ports, self._ports, self._shared = list(self._shared.values()), {}, {}
+        for port in ports:
+            try:
+                port.close()  # type: ignore[attr-defined]
+            except Exception:
+                logger.exception("closing %s failed", type(port).__name__)
+
+    def __enter__(self) -> "QueryPorts":
+        return self
+
+    def __exit__(self, exc_type: type | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()
+
+
+def build_query_ports(*, calling_ae_title: str = "AXIOM", token_provider: TokenProvider | None = None,
+                      cancel_grace_seconds: float = 1.0) -> QueryPorts:
+    """The QueryPorts for one span: "dimse" (C-FIND SCU), "dicomweb" and "google_healthcare" (one QIDO port).
+
+    `calling_ae_title` is the default for DIMSE connections without their own; `token_provider` supplies bearer
+    tokens for Google Cloud Healthcare sources.
+    """
+
+    def dimse() -> QueryPort:
+        return DimseQueryPort(ae_title=calling_ae_title, cancel_grace_seconds=cancel_grace_seconds)
+
+    def qido() -> QueryPort:
+        return QidoQueryPort(token_provider=token_provider)
+
+    return QueryPorts({"dimse": dimse, "dicomweb": qido, "google_healthcare": qido})
