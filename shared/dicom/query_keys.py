@@ -229,7 +229,8 @@ def _apply(identifier: Dataset, key: QueryKey) -> None:
     if vr == "SQ":
         target.add(DataElement(key.tag, "SQ", Sequence()))
     elif key.value in (None, ""):
-        target.add(DataElement(key.tag, vr, None))
+        if key.tag not in target:  # a bare return key never erases a matching value given for the same attribute
+            target.add(DataElement(key.tag, vr, None))
     else:
         # wild cards and ranges are not valid stored values: skip pydicom's value validation for query keys
         target.add(DataElement(key.tag, vr, key.value, validation_mode=config.IGNORE))

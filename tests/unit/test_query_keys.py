@@ -104,3 +104,9 @@ def test_every_real_date_is_accepted(day):
     value = day.strftime("%Y%m%d")
     assert parse_key(f"StudyDate={value}").value == value
     parse_key(f"StudyDate={value}-{value}")
+
+
+def test_a_bare_return_key_keeps_an_earlier_matching_value():
+    identifier = build_identifier(["PatientName=M*", "PatientName", "PatientID"], "PATIENT", model="PATIENT_ROOT")
+    assert identifier.PatientName == "M*"
+    assert "PatientID" in identifier and not identifier.PatientID

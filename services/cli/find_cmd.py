@@ -1,0 +1,110 @@
+"""`axiom find`: a spanning findscu. One C-FIND/QIDO query to many archives, merged, with per-source status."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+from services.cli.errors import user_errors
+from services.cli.render import print_span, result_to_json
+from shared.config import get_settings
+from shared.db.repo.spanner_configs import load_span_plan
+from shared.db.session import make_engine, make_sessionmaker
+from shared.dicom.levels import InformationModel, QueryLevel
+from shared.dicom.query_keys import build_identifier
+from shared.source_uri import parse_source_uri
+from shared.span_client import InProcessSpanClient
+from shared.spanning.model import DedupStrategy, FailureStrategy, SourceSpec, SpanPolicy, SpanRequest
+
+console = Console()
+
+
+def inline_sources(specs: list[str], *, timeout: float | None, retries: int, calling_ae: str) -> list[SourceSpec]:
+    """`NAME=URI` options -> SourceSpecs, priority in the order given (first = preferred)."""
+    sources, seen = [], set()
+    for priority, text in enumerate(specs, start=1):
+        name, connection = parse_source_uri(text)
+        if name in seen:
+            raise ValueError(f"source {name!r} is given twice")
+        seen.add(name)
+        if connection.kind == "dimse" and "calling=" not in text:
+            connection = connection.model_copy(update={"calling_ae_title": calling_ae})
+        sources.append(SourceSpec(
+            name=name, kind=connection.kind, connection=connection, priority=priority, timeout_seconds=timeout,
+            max_retries=retries, retrieve_ae_title=getattr(connection, "ae_title", None) or name,
+        ))
+    return sources
+
+
+def _override(policy: SpanPolicy, dedup: str | None, failure: str | None, timeout: float | None,
+              min_success: int | None) -> SpanPolicy:
+    changes: dict = {}
+    if dedup:
+        changes["dedup_strategy"] = DedupStrategy(dedup.upper())
+    if failure:
+        changes["failure_strategy"] = FailureStrategy(failure.upper())
+    if timeout:
+        changes["query_timeout_seconds"] = timeout
+    if min_success is not None:
+        changes["minimum_success_threshold"] = min_success
+    return replace(policy, **changes) if changes else policy
+
+
+def find(
+    source: list[str] = typer.Option([], "--source", "-s", help="NAME=dimse://AET@host:port or NAME=http://host/dicom-web (repeatable)"),
+    config: Optional[str] = typer.Option(None, "--config", "-c", help="a spanner config from the database, by name"),
+    level: str = typer.Option("STUDY", "--level", "-L", help="PATIENT, STUDY, SERIES or IMAGE"),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="STUDY_ROOT (default) or PATIENT_ROOT"),
+    key: list[str] = typer.Option([], "--key", "-k", help="Keyword=Value matching key, or Keyword alone as a return key"),
+    dedup: Optional[str] = typer.Option(None, "--dedup", help="FIRST_WINS, MOST_COMPLETE or MERGE_ALL"),
+    failure: Optional[str] = typer.Option(None, "--failure", help="FAIL_FAST, BEST_EFFORT or MINIMUM_THRESHOLD"),
+    min_success: Optional[int] = typer.Option(None, "--min-success", help="successful sources MINIMUM_THRESHOLD needs"),
+    timeout: Optional[float] = typer.Option(None, "--timeout", "-t", help="overall deadline in seconds"),
+    source_timeout: Optional[float] = typer.Option(None, "--source-timeout", help="per-source timeout (inline sources)"),
+    retries: int = typer.Option(1, "--retries", help="retries on transport errors (inline sources)"),
+    calling_aet: Optional[str] = typer.Option(None, "--aet", help="calling AE title for DIMSE sources"),
+    as_json: bool = typer.Option(False, "--json", help="print DICOM JSON matches and per-source outcomes"),
+    limit: Optional[int] = typer.Option(None, "--limit", help="show at most this many rows in the table"),
+) -> None:
+    """Query every source at once and print the merged, deduplicated matches and each source's status."""
+    with user_errors():
+        if bool(source) == bool(config):
+            raise ValueError("give either --source (one or more) or --config NAME")
+        query_level = QueryLevel.parse(level)
+        info_model = InformationModel.parse(model) if model else (
+            InformationModel.PATIENT_ROOT if query_level is QueryLevel.PATIENT else InformationModel.STUDY_ROOT)
+        if not info_model.allows(query_level):
+            raise ValueError(f"level {query_level.value} is not part of the {info_model.value} model (PS3.4 C.6.2)")
+        identifier = build_identifier(key, query_level)
+        request = SpanRequest(level=query_level, identifier=identifier, model=info_model)
+        settings = get_settings()
+        session_factory, config_id = None, None
+        if config:
+            session_factory = make_sessionmaker(make_engine(settings.db.url))
+            with session_factory() as session:
+                plan = load_span_plan(session, config_name=config)
+            sources, policy, config_id = plan.sources, plan.policy, plan.config.id
+        else:
+            sources = inline_sources(source, timeout=source_timeout, retries=retries,
+                                     calling_ae=calling_aet or settings.scp.calling_ae_title)
+            policy = SpanPolicy(query_timeout_seconds=30.0)
+        policy = _override(policy, dedup, failure, timeout, min_success)
+    client = InProcessSpanClient(session_factory=session_factory)
+    try:
+        result = client.run(request, sources, policy, config_id=config_id,
+                            requester={"user": "cli", "ae_title": calling_aet})
+    finally:
+        client.close()
+    if as_json:
+        typer.echo(json.dumps(result_to_json(result), ensure_ascii=False, indent=2))
+    else:
+        print_span(console, result, [elem.keyword for elem in identifier if elem.keyword], limit=limit)
+    raise typer.Exit(0 if result.status.succeeded else 1)
+
+
+def register(app: typer.Typer) -> None:
+    app.command(name="find")(find)

@@ -1,0 +1,91 @@
+"""Turning span results into terminal tables and panels, or JSON (DICOM JSON matches + per-source outcomes)."""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+from pydicom import Dataset
+from rich.console import Console
+from rich.table import Table
+
+from shared.dicom.dicom_json import dataset_to_json
+from shared.spanning.model import SourceOutcome, SourceStatus, SpanResult
+
+STATUS_STYLE = {
+    SourceStatus.OK: "green",
+    SourceStatus.FAILED: "red",
+    SourceStatus.TIMEOUT: "yellow",
+    SourceStatus.CANCELLED: "magenta",
+    SourceStatus.SKIPPED: "dim",
+}
+SPAN_STYLE = {"completed": "green", "partial": "yellow", "failed": "red", "cancelled": "magenta"}
+
+
+def result_to_json(result: SpanResult) -> dict[str, Any]:
+    """The span as a JSON document: DICOM JSON matches (PS3.18 F) and every source's outcome."""
+    return {
+        "query_id": result.query_id,
+        "status": result.status.value,
+        "raw_count": result.raw_count,
+        "deduplicated_count": len(result.matches),
+        "duration_ms": round(result.duration_ms, 1),
+        "error": result.error,
+        "sources": [outcome.as_dict() for outcome in result.outcomes],
+        "matches": [dataset_to_json(match.dataset) for match in result.matches],
+    }
+
+
+def _cell(ds: Dataset, keyword: str) -> str:
+    value = ds.get(keyword)
+    if value is None or value == "":
+        return ""
+    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+        return "\\".join(str(v) for v in value)
+    return str(value)
+
+
+def matches_table(result: SpanResult, columns: Iterable[str], *, limit: int | None = None) -> Table:
+    """A table of merged matches with the requested columns and where each match lives."""
+    columns = [c for c in columns if c not in ("QueryRetrieveLevel", "SpecificCharacterSet")]
+    table = Table(title=f"{len(result.matches)} matches ({result.raw_count} before deduplication)", show_lines=False)
+    for column in columns:
+        table.add_column(column, overflow="fold")
+    table.add_column("Sources", style="cyan")
+    shown = result.matches if limit is None else result.matches[:limit]
+    for match in shown:
+        table.add_row(*(_cell(match.dataset, c) for c in columns), ", ".join(match.sources))
+    if limit is not None and len(result.matches) > limit:
+        table.caption = f"{len(result.matches) - limit} more not shown (use --limit or --json)"
+    return table
+
+
+def sources_table(outcomes: Iterable[SourceOutcome]) -> Table:
+    """One row per source: status, matches, latency, retries, and why it failed."""
+    table = Table(title="Sources")
+    for column in ("Source", "Status", "Matches", "Latency ms", "Retries", "Detail"):
+        table.add_column(column, overflow="fold")
+    for outcome in outcomes:
+        style = STATUS_STYLE.get(outcome.status, "")
+        detail = outcome.error or ""
+        if outcome.truncated:
+            detail = ("truncated; " + detail).rstrip("; ")
+        table.add_row(
+            outcome.source,
+            f"[{style}]{outcome.status.value}[/{style}]",
+            str(outcome.match_count),
+            f"{outcome.latency_ms:.0f}",
+            str(outcome.retries),
+            detail,
+        )
+    return table
+
+
+def print_span(console: Console, result: SpanResult, columns: Iterable[str], *, limit: int | None = None) -> None:
+    """Matches table, sources table and a one-line verdict."""
+    console.print(matches_table(result, columns, limit=limit))
+    console.print(sources_table(result.outcomes))
+    style = SPAN_STYLE.get(result.status.value, "")
+    line = f"[{style}]{result.status.value}[/{style}] in {result.duration_ms:.0f} ms  query_id={result.query_id}"
+    if result.error:
+        line += f"  ({result.error})"
+    console.print(line)

@@ -1,0 +1,62 @@
+"""Structured JSON logs: one JSON object per line on stdout, with a stable `event` name.
+
+`configure_logging(service)` installs the handler once per process; `log_event(logger, event, **fields)` writes
+an event with correlation fields (query_id, source, study_uid, ...). Secret-looking fields are masked.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from datetime import datetime, timezone
+from typing import Any
+
+SECRET_FIELDS = frozenset({"password", "token", "secret", "api_key", "authorization", "secret_key"})
+_RESERVED = frozenset(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime"}
+
+
+class JsonFormatter(logging.Formatter):
+    """Formats a record as a JSON line: timestamp, level, service, event, logger, message and extra fields."""
+
+    def __init__(self, service: str) -> None:
+        super().__init__()
+        self.service = service
+
+    def format(self, record: logging.LogRecord) -> str:
+        payload: dict[str, Any] = {
+            "timestamp": datetime.fromtimestamp(record.created, tz=timezone.utc).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "service": self.service,
+            "event": getattr(record, "event", None) or record.getMessage(),
+            "logger": record.name,
+        }
+        message = record.getMessage()
+        if message != payload["event"]:
+            payload["message"] = message
+        for key, value in vars(record).items():
+            if key not in _RESERVED and key != "event" and not key.startswith("_"):
+                payload[key] = "***" if key.lower() in SECRET_FIELDS else value
+        if record.exc_info:
+            payload["exception"] = self.formatException(record.exc_info)
+        return json.dumps(payload, default=str, ensure_ascii=False)
+
+
+def configure_logging(service: str, level: str = "INFO", stream: Any = None) -> None:
+    """Route the root logger to JSON lines on `stream` (stdout) for `service`; idempotent."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if getattr(handler, "_axiom", False):
+            root.removeHandler(handler)
+    handler = logging.StreamHandler(stream or sys.stdout)
+    handler.setFormatter(JsonFormatter(service))
+    handler._axiom = True  # type: ignore[attr-defined]
+    root.addHandler(handler)
+    root.setLevel(level.upper())
+    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
+def log_event(logger: logging.Logger, event: str, severity: int = logging.INFO, **fields: Any) -> None:
+    """Log a structured event named `event` with correlation `fields`."""
+    logger.log(severity, event, extra={"event": event, **fields})

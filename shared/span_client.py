@@ -1,0 +1,108 @@
+"""SpanClient: how callers (CLI, SCP, APIs) run a span without knowing where it executes.
+
+`InProcessSpanClient` is the embedded mode: the engine runs here on a thread executor, with one fresh set of query
+ports (DIMSE associations, HTTP pools) per span. The distributed mode swaps in a client that goes through the
+coordinator; callers don't change. When given a session factory, every span is written to `spanner_query_logs`.
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import contextmanager
+from typing import Callable, Iterator, Sequence
+
+from shared.adapters.executor import ThreadExecutor
+from shared.adapters.query_ports import QueryPorts, build_query_ports
+from shared.db.repo.query_logs import finish_query_log, start_query_log
+from shared.dicom.dicom_json import dataset_to_json
+from shared.logging import log_event
+from shared.spanning.engine import run_span, stream_span
+from shared.spanning.model import SourceSpec, SpanPolicy, SpanRequest, SpanResult
+from shared.spanning.ports import CancelToken
+
+logger = logging.getLogger(__name__)
+
+
+class InProcessSpanClient:
+    """Runs spans in this process. Thread-safe: one client serves many concurrent spans."""
+
+    def __init__(
+        self,
+        *,
+        executor: ThreadExecutor | None = None,
+        ports_factory: Callable[[], QueryPorts] = build_query_ports,
+        session_factory: Callable | None = None,
+    ) -> None:
+        self._executor = executor or ThreadExecutor()
+        self._ports_factory = ports_factory
+        self._session_factory = session_factory
+
+    def run(
+        self,
+        request: SpanRequest,
+        sources: Sequence[SourceSpec],
+        policy: SpanPolicy,
+        *,
+        cancel: CancelToken | None = None,
+        config_id: int | None = None,
+        requester: dict | None = None,
+    ) -> SpanResult:
+        """Run one span to completion and return its result."""
+        with self._logged(request, config_id, requester) as finish, self._ports_factory() as ports:
+            result = run_span(request, sources, ports=ports, executor=self._executor, policy=policy, cancel=cancel)
+            finish(result)
+        return result
+
+    def stream(
+        self,
+        request: SpanRequest,
+        sources: Sequence[SourceSpec],
+        policy: SpanPolicy,
+        *,
+        cancel: CancelToken | None = None,
+        config_id: int | None = None,
+        requester: dict | None = None,
+    ) -> Iterator[object]:
+        """Yield the engine's events (matches as soon as final, source outcomes, then the SpanResult)."""
+        with self._logged(request, config_id, requester) as finish, self._ports_factory() as ports:
+            for event in stream_span(
+                request, sources, ports=ports, executor=self._executor, policy=policy, cancel=cancel
+            ):
+                if isinstance(event, SpanResult):
+                    finish(event)
+                yield event
+
+    def close(self) -> None:
+        self._executor.shutdown()
+
+    @contextmanager
+    def _logged(self, request: SpanRequest, config_id: int | None, requester: dict | None):
+        log_event(logger, "spanning_query_started", query_id=request.query_id, query_level=request.level.value,
+                  query_type=request.query_type, spanner_config_id=config_id)
+        if self._session_factory is not None:
+            self._start_log(request, config_id, requester or {})
+        finished: list[SpanResult] = []
+        yield finished.append
+        if not finished:
+            return
+        result = finished[0]
+        log_event(logger, "spanning_query_completed", query_id=result.query_id, status=result.status.value,
+                  total_results=len(result.matches), raw_results=result.raw_count,
+                  duration_ms=round(result.duration_ms, 1), failed_sources=result.failed_sources)
+        if self._session_factory is not None:
+            with self._session_factory.begin() as session:
+                finish_query_log(session, query_id=result.query_id, result=result)
+
+    def _start_log(self, request: SpanRequest, config_id: int | None, requester: dict) -> None:
+        with self._session_factory.begin() as session:
+            start_query_log(
+                session,
+                query_id=request.query_id,
+                config_id=config_id,
+                query_type=request.query_type,
+                level=request.level.value,
+                filters=dataset_to_json(request.identifier),
+                requester_ae_title=requester.get("ae_title"),
+                requester_user=requester.get("user"),
+                client_address=requester.get("address"),
+            )
