@@ -20,6 +20,7 @@ from pynetdicom.sop_class import Verification
 
 from services.pacs_sim.catalog import Catalog
 from services.pacs_sim.faults import CANCEL_STATUS, FAILURE_STATUS, FaultInjector
+from shared.adapters.dimse_network import CONNECTION_HANDLERS
 from shared.dicom.levels import (
     PATIENT_ROOT_FIND, PATIENT_ROOT_GET, PATIENT_ROOT_MOVE, STUDY_ROOT_FIND, STUDY_ROOT_GET, STUDY_ROOT_MOVE,
     InformationModel, QueryLevel,
@@ -177,6 +178,7 @@ def build_ae(service: DimseService, ae_title: str) -> AE:
 
 def handlers(service: DimseService) -> list[tuple]:
     return [
+        *CONNECTION_HANDLERS,
         (evt.EVT_C_ECHO, service.on_echo),
         (evt.EVT_C_FIND, service.on_find),
         (evt.EVT_C_MOVE, service.on_move),

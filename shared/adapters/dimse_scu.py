@@ -27,6 +27,7 @@ from pynetdicom import AE, evt
 from pynetdicom.association import Association
 from pynetdicom.status import code_to_category
 
+from shared.adapters.dimse_network import disable_nagle
 from shared.connections import DimseConnection
 from shared.dicom.charset import decode_dataset
 from shared.dicom.levels import PATIENT_ROOT_FIND, STUDY_ROOT_FIND
@@ -218,6 +219,7 @@ class DimseQueryPort:
         opened: list[Association] = []
 
         def on_open(event: evt.Event) -> None:
+            disable_nagle(event)
             opened.append(event.assoc)
 
         def on_cancel() -> None:
