@@ -1,8 +1,9 @@
 """SpanClient: how callers (CLI, SCP, APIs) run a span without knowing where it executes.
 
-`InProcessSpanClient` is the embedded mode: the engine runs here on a thread executor, with one fresh set of query
-ports (DIMSE associations, HTTP pools) per span. The distributed mode swaps in a client that goes through the
-coordinator; callers don't change. When given a session factory, every span is written to `spanner_query_logs`.
+`InProcessSpanClient` is the embedded mode: the engine runs here on a thread executor. The client keeps one set of
+query ports for its life, so DIMSE associations and HTTP connections are reused from span to span. The distributed
+mode swaps in a client that goes through the coordinator; callers don't change. When given a session factory, every
+span is written to `spanner_query_logs`.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ class InProcessSpanClient:
         session_factory: Callable | None = None,
     ) -> None:
         self._executor = executor or ThreadExecutor()
-        self._ports_factory = ports_factory
+        self._ports = ports_factory()
         self._session_factory = session_factory
 
     def run(
@@ -48,8 +49,9 @@ class InProcessSpanClient:
         requester: dict | None = None,
     ) -> SpanResult:
         """Run one span to completion and return its result."""
-        with self._logged(request, config_id, requester) as finish, self._ports_factory() as ports:
-            result = run_span(request, sources, ports=ports, executor=self._executor, policy=policy, cancel=cancel)
+        with self._logged(request, config_id, requester) as finish:
+            result = run_span(request, sources, ports=self._ports, executor=self._executor, policy=policy,
+                              cancel=cancel)
             finish(result)
         return result
 
@@ -64,15 +66,17 @@ class InProcessSpanClient:
         requester: dict | None = None,
     ) -> Iterator[object]:
         """Yield the engine's events (matches as soon as final, source outcomes, then the SpanResult)."""
-        with self._logged(request, config_id, requester) as finish, self._ports_factory() as ports:
+        with self._logged(request, config_id, requester) as finish:
             for event in stream_span(
-                request, sources, ports=ports, executor=self._executor, policy=policy, cancel=cancel
+                request, sources, ports=self._ports, executor=self._executor, policy=policy, cancel=cancel
             ):
                 if isinstance(event, SpanResult):
                     finish(event)
                 yield event
 
     def close(self) -> None:
+        """Release pooled associations and connections, and stop the executor."""
+        self._ports.close()
         self._executor.shutdown()
 
     @contextmanager

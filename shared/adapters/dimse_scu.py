@@ -38,6 +38,7 @@ logger = logging.getLogger(__name__)
 
 _PENDING = (0xFF00, 0xFF01)
 _CANCEL = 0xFE00
+_RELEASE_WAIT_SECONDS = 5.0  # how long close() waits for peers to confirm A-RELEASE
 # PS3.8 Table 9-21: A-ASSOCIATE-RJ (source, reason/diagnostic) -> words.
 _REJECT_REASONS = {
     (1, 1): "no reason given",
@@ -101,13 +102,16 @@ class DimseQueryPort:
     `cancel_grace_seconds`: how long a peer may take to answer C-CANCEL before the association is aborted.
     """
 
-    def __init__(self, *, ae_title: str = "AXIOM", cancel_grace_seconds: float = 1.0) -> None:
+    def __init__(self, *, ae_title: str = "AXIOM", cancel_grace_seconds: float = 1.0, idle_seconds: float = 20.0,
+                 max_idle_per_source: int = 4) -> None:
         self._ae = _SourceScopedAE(ae_title)
         self._ae.add_requested_context(STUDY_ROOT_FIND)
         self._ae.add_requested_context(PATIENT_ROOT_FIND)
         self._grace = cancel_grace_seconds
+        self._idle_seconds = idle_seconds
+        self._max_idle = max_idle_per_source
         self._lock = threading.Lock()
-        self._idle: dict[tuple, list[Association]] = {}
+        self._idle: dict[tuple, list[tuple[Association, float]]] = {}  # per source: (association, idle since)
         self._open: set[Association] = set()
         self._msg_ids = itertools.count(1)
         self._closed = False
@@ -118,13 +122,17 @@ class DimseQueryPort:
         """Release every idle association and abort any still busy. The port is unusable afterwards."""
         with self._lock:
             self._closed = True
-            idle = {a for pool in self._idle.values() for a in pool}
+            idle = {a for pool in self._idle.values() for a, _ in pool}
             busy = self._open - idle
             self._open, self._idle = set(), {}
-        for assoc in idle:
-            _release_quietly(assoc)
         for assoc in busy:  # a find still running elsewhere: abort, which ends its stream with TransportError
             _abort_and_wake(assoc)
+        # A-RELEASE waits for each peer's A-RELEASE-RP: release them side by side, not one after another.
+        releasers = [threading.Thread(target=_release_quietly, args=(assoc,), daemon=True) for assoc in idle]
+        for thread in releasers:
+            thread.start()
+        for thread in releasers:
+            thread.join(_RELEASE_WAIT_SECONDS)
         self._ae.shutdown()
 
     def __enter__(self) -> "DimseQueryPort":
@@ -183,15 +191,19 @@ class DimseQueryPort:
     def _checkout(self, source: SourceSpec, conn: DimseConnection, cancel: CancelToken,
                   allow_idle: bool = True) -> tuple[Association, bool]:
         key = _pool_key(source, conn)
-        with self._lock:
-            if self._closed:
-                raise QueryFailedError("the DIMSE query port is closed")
-            idle = self._idle.get(key, [])
-            while allow_idle and idle:
-                assoc = idle.pop()
-                if assoc.is_established:
-                    return assoc, True
-                self._open.discard(assoc)
+        stale: list[Association] = []
+        try:
+            with self._lock:
+                if self._closed:
+                    raise QueryFailedError("the DIMSE query port is closed")
+                idle = self._idle.get(key, [])
+                while allow_idle and idle:
+                    assoc, since = idle.pop()
+                    if assoc.is_established and time.monotonic() - since < self._idle_seconds:
+                        return assoc, True
+                    stale.append(assoc)
+        finally:
+            self._retire(stale)
         assoc = self._associate(source, conn, cancel)
         with self._lock:
             self._open.add(assoc)
@@ -202,11 +214,28 @@ class DimseQueryPort:
         return assoc, False
 
     def _checkin(self, source: SourceSpec, assoc: Association) -> None:
+        """Keep an idle association for the next find on this source (up to `max_idle_per_source`, each for at
+        most `idle_seconds`; the peer or pynetdicom's network timeout may also end it, which checkout notices)."""
+        surplus: list[Association] = []
         with self._lock:
             if not self._closed and assoc.is_established:
-                self._idle.setdefault(_pool_key(source, source.connection), []).append(assoc)
-                return
-        self._discard(assoc)
+                pool = self._idle.setdefault(_pool_key(source, source.connection), [])
+                pool.append((assoc, time.monotonic()))
+                while len(pool) > self._max_idle:
+                    surplus.append(pool.pop(0)[0])
+                assoc = None
+        if assoc is not None:
+            self._discard(assoc)
+        self._retire(surplus)
+
+    def _retire(self, associations: list[Association]) -> None:
+        """Release associations the pool no longer wants, without making the caller wait for the peers."""
+        if not associations:
+            return
+        with self._lock:
+            self._open.difference_update(associations)
+        for assoc in associations:
+            threading.Thread(target=_release_quietly, args=(assoc,), daemon=True).start()
 
     def _discard(self, assoc: Association) -> None:
         with self._lock:

@@ -9,6 +9,7 @@ Ports are built lazily: a span over DICOMweb sources only never creates a pynetd
 from __future__ import annotations
 
 import logging
+import threading
 from types import TracebackType
 from typing import Callable, Iterator, Mapping
 
@@ -24,17 +25,19 @@ class QueryPorts(Mapping[str, QueryPort]):
 
     def __init__(self, factories: Mapping[str, Callable[[], QueryPort]]) -> None:
         self._factories = dict(factories)
+        self._lock = threading.Lock()
         self._ports: dict[str, QueryPort] = {}
         self._shared: dict[Callable[[], QueryPort], QueryPort] = {}
 
     def __getitem__(self, kind: str) -> QueryPort:
-        if kind not in self._ports:
-            factory = self._factories[kind]  # KeyError: unknown kind, as a Mapping should
-            port = self._shared.get(factory)
-            if port is None:
-                port = self._shared[factory] = factory()
-            self._ports[kind] = port
-        return self._ports[kind]
+        with self._lock:  # concurrent spans may share one QueryPorts
+            if kind not in self._ports:
+                factory = self._factories[kind]  # KeyError: unknown kind, as a Mapping should
+                port = self._shared.get(factory)
+                if port is None:
+                    port = self._shared[factory] = factory()
+                self._ports[kind] = port
+            return self._ports[kind]
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._factories)
@@ -60,7 +63,10 @@ class QueryPorts(Mapping[str, QueryPort]):
 
 def build_query_ports(*, calling_ae_title: str = "AXIOM", token_provider: TokenProvider | None = None,
                       cancel_grace_seconds: float = 1.0) -> QueryPorts:
-    """The QueryPorts for one span: "dimse" (C-FIND SCU), "dicomweb" and "google_healthcare" (one QIDO port).
+    """QueryPorts for "dimse" (C-FIND SCU), "dicomweb" and "google_healthcare" (one QIDO port).
+
+    Long-lived owners (the span client) keep one for their life, so DIMSE associations and HTTP connections are
+    reused across spans; a one-off caller can use it for a single span and close it.
 
     `calling_ae_title` is the default for DIMSE connections without their own; `token_provider` supplies bearer
     tokens for Google Cloud Healthcare sources.
