@@ -295,11 +295,14 @@ class _FindRun:
     def execute(self, identifier: Dataset, sop_class: str, msg_id: int) -> FindStream:
         self._sop_class, self._msg_id = sop_class, msg_id
         responses = self._send(identifier, sop_class, msg_id)
-        unregister = self.cancel.on_cancel(self._request_cancel)
+        unregister = self.cancel.on_cancel(self._request_cancel_in_background)
         try:
             return (yield from self._consume(responses))
         finally:
             unregister()
+            # pynetdicom 3.0 yields an undecodable identifier from inside `with assoc.lock` (the AE-wide lock):
+            # closing its generator releases that lock before anyone aborts the association, which needs it.
+            responses.close()
             if self._timer is not None:
                 self._timer.cancel()
 
@@ -365,6 +368,11 @@ class _FindRun:
         raise TransportError(f"{self.source.name}: association aborted by the peer during C-FIND")
 
     # -- cancel ----------------------------------------------------------------------------------------------
+
+    def _request_cancel_in_background(self) -> None:
+        """The CancelToken hook: runs in the canceller's thread (the engine's), which must never wait on the peer
+        or on pynetdicom's locks, so C-CANCEL is sent from a thread of its own."""
+        threading.Thread(target=self._request_cancel, name=f"c-cancel-{self.source.name}", daemon=True).start()
 
     def _request_cancel(self) -> None:
         """Send C-CANCEL (once) and abort if the peer has not finished within the grace period."""

@@ -115,6 +115,37 @@ def test_reconnects_once_when_the_idle_association_was_closed(two_orthancs, port
     assert old not in port._open and port.open_associations == 1
 
 
+def test_an_association_idle_too_long_is_released_not_reused(two_orthancs) -> None:
+    request = SpanRequest(QueryLevel.STUDY, ident(StudyInstanceUID=""))
+    src = source(two_orthancs.a)
+    with DimseQueryPort(idle_seconds=0.2) as short_idle:
+        drain(short_idle.find(request, src, CancelToken()))
+        (old,) = short_idle._open
+        time.sleep(0.3)
+        found, _ = drain(short_idle.find(request, src, CancelToken()))
+        assert len(found) == len(ARCHIVE_A)
+        (new,) = short_idle._open
+        assert new is not old
+        deadline = time.monotonic() + 5
+        while old.is_established and time.monotonic() < deadline:  # released in the background
+            time.sleep(0.02)
+        assert not old.is_established
+
+
+def test_the_idle_pool_keeps_at_most_max_idle_per_source(two_orthancs) -> None:
+    request = SpanRequest(QueryLevel.STUDY, ident(StudyInstanceUID=""))
+    src = source(two_orthancs.a)
+    with DimseQueryPort(max_idle_per_source=1) as port:
+        first, second = port.find(request, src, CancelToken()), port.find(request, src, CancelToken())
+        next(first), next(second)  # two associations busy at once
+        assert port.open_associations == 2
+        drain(first), drain(second)
+        deadline = time.monotonic() + 5
+        while port.open_associations > 1 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert port.open_associations == 1
+
+
 def test_max_results_caps_and_reports_truncation(two_orthancs, port) -> None:
     src = SourceSpec("A", "dimse", source(two_orthancs.a).connection, max_results=2)
     found, summary = drain(port.find(SpanRequest(QueryLevel.STUDY, ident(StudyInstanceUID="")), src, CancelToken()))

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from services.pacs_sim import Catalog, PacsSimulator
+from services.pacs_sim import Catalog, Faults, PacsSimulator
 from shared.adapters.executor import ThreadExecutor
 from shared.adapters.query_ports import build_query_ports
 from shared.connections import DicomwebConnection, DimseConnection
@@ -99,6 +99,24 @@ def test_a_dead_archive_is_failed_with_the_reason_and_the_others_still_answer(so
     assert outcome.status is SourceStatus.FAILED
     assert f"connection refused 127.0.0.1:{dead_port}" in outcome.error
     assert {m.dataset.StudyInstanceUID for m in result.matches} == {study_uid(4), study_uid(5)}
+
+
+@pytest.mark.timeout(60)
+def test_an_archive_sending_malformed_datasets_is_failed_and_the_others_answer(sources):
+    """Regression: pynetdicom yields an undecodable identifier while holding the AE-wide lock; the adapter must
+    release it (close the response generator) before aborting, or every association of the AE deadlocks."""
+    catalog = Catalog()
+    for instance in build_instances((1,)):
+        catalog.add(instance)
+    with PacsSimulator("BAD", "BADPACS", catalog, faults=Faults(malformed=True)).start() as bad:
+        broken = SourceSpec("BAD", "dimse", DimseConnection(ae_title="BADPACS", host="127.0.0.1", port=bad.dimse_port),
+                            priority=0, max_retries=2)
+        result = span([broken, *sources], ["PatientID=PAT001", "StudyInstanceUID"])
+    outcome = result.outcomes[0]
+    assert outcome.status is SourceStatus.FAILED and outcome.retries == 0  # malformed data is not retried
+    assert "could not be decoded" in outcome.error or "malformed" in outcome.error
+    assert result.status is SpanStatus.PARTIAL
+    assert {m.dataset.StudyInstanceUID for m in result.matches} == {study_uid(1), study_uid(2)}
 
 
 def test_series_and_image_levels_span_both_protocols(sources):
