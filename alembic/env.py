@@ -83,8 +83,9 @@ def run_migrations_online() -> None:
         _run_on(connection)
         return
     url = database_url()
-    from shared.db.session import ensure_sqlite_directory
+    from shared.db.session import ensure_sqlite_directory, normalize_database_url
 
+    url = normalize_database_url(url)
     ensure_sqlite_directory(url)
     # A plain engine on purpose: SQLite foreign keys stay OFF while migrating, so batch table rebuilds
     # (copy, drop, rename) never fire ON DELETE CASCADE on child rows.

@@ -8,60 +8,31 @@ step); `config show` never writes and asks for `axiom db upgrade` on an unmigrat
 from __future__ import annotations
 
 import json
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import typer
 import yaml
 from rich.console import Console
 from rich.markup import escape
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import OperationalError
 
-from services.cli.errors import describe_error
+from services.cli.errors import describe_error, display_url, user_errors
 from shared.config import get_settings
 from shared.db.migrations import current_revision, downgrade_to_base, head_revision, upgrade_to_head
 from shared.db.session import make_engine, make_sessionmaker, session_scope
 from shared.provisioning import apply_config_yaml, export_config
 
 console = Console()
-err_console = Console(stderr=True)
 config_app = typer.Typer(help="Declare sources and spanner configs in a YAML file, and show them.",
                          no_args_is_help=True)
 db_app = typer.Typer(help="Database schema migrations (Alembic).", no_args_is_help=True)
 ACTION_STYLE = {"created": "green", "updated": "yellow", "unchanged": "dim"}
 
 
-def _display_url(url: str) -> str:
-    return make_url(url).render_as_string(hide_password=True)
-
-
-@contextmanager
-def _cli_errors(url: str) -> Iterator[None]:
-    """User errors (and an unreachable database or unreadable file) end with one red line and exit code 2.
-
-    Like services.cli.errors.user_errors, plus database and file errors; soft-wrapped so it stays one line.
-    """
-    try:
-        yield
-    except (ValueError, LookupError) as exc:
-        err_console.print(f"[red]error:[/red] {escape(describe_error(exc))}", soft_wrap=True)
-        raise typer.Exit(2) from None
-    except OperationalError as exc:
-        reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
-        err_console.print(f"[red]error:[/red] database {escape(_display_url(url))}: {escape(reason)}", soft_wrap=True)
-        raise typer.Exit(2) from None
-    except OSError as exc:
-        err_console.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
-        raise typer.Exit(2) from None
-
-
 def _migrate_if_needed(url: str) -> None:
     current, head = current_revision(url), head_revision()
     if current != head:
         upgrade_to_head(url)
-        console.print(f"[dim]database {escape(_display_url(url))} migrated {current or 'empty'} -> {head}[/dim]")
+        console.print(f"[dim]database {escape(display_url(url))} migrated {current or 'empty'} -> {head}[/dim]")
 
 
 @config_app.command("apply")
@@ -71,7 +42,7 @@ def apply(
 ) -> None:
     """Create or update the file's sources and spanner configs (by name); running it twice changes nothing."""
     url = get_settings().db.url
-    with _cli_errors(url):
+    with user_errors(url):
         text = file.read_text(encoding="utf-8")
         _migrate_if_needed(url)
         factory = make_sessionmaker(make_engine(url))
@@ -93,9 +64,9 @@ def apply(
 def show(as_json: bool = typer.Option(False, "--json", help="JSON instead of YAML")) -> None:
     """Print the sources and spanner configs as a file `config apply` accepts (secrets masked)."""
     url = get_settings().db.url
-    with _cli_errors(url):
+    with user_errors(url):
         if current_revision(url) is None:
-            raise ValueError(f"database {_display_url(url)} is not initialised: run `axiom db upgrade`")
+            raise ValueError(f"database {display_url(url)} is not initialised: run `axiom db upgrade`")
         factory = make_sessionmaker(make_engine(url))
         with session_scope(factory) as session:
             document = export_config(session)
@@ -109,11 +80,11 @@ def show(as_json: bool = typer.Option(False, "--json", help="JSON instead of YAM
 def db_upgrade() -> None:
     """Migrate the database to the newest schema revision (creates the embedded SQLite file if needed)."""
     url = get_settings().db.url
-    with _cli_errors(url):
+    with user_errors(url):
         before = current_revision(url)
         upgrade_to_head(url)
         after = current_revision(url)
-    console.print(f"{_display_url(url)}: {before or 'empty'} -> {after}")
+    console.print(f"{display_url(url)}: {before or 'empty'} -> {after}")
 
 
 @db_app.command("downgrade")
@@ -123,23 +94,23 @@ def db_downgrade(
 ) -> None:
     """Undo every migration: drops all of Axiom's tables and their data."""
     url = get_settings().db.url
-    with _cli_errors(url):
+    with user_errors(url):
         if target != "base":
             raise ValueError(f"only `axiom db downgrade base` is supported, not {target!r}")
         if not yes:
             raise ValueError("this drops every table and its data; add --yes to confirm")
         downgrade_to_base(url)
-    console.print(f"{_display_url(url)}: downgraded to base (no tables)")
+    console.print(f"{display_url(url)}: downgraded to base (no tables)")
 
 
 @db_app.command("current")
 def db_current() -> None:
     """Print the database's schema revision and the newest one."""
     url = get_settings().db.url
-    with _cli_errors(url):
+    with user_errors(url):
         current, head = current_revision(url), head_revision()
     state = "up to date" if current == head else ("empty" if current is None else "behind")
-    console.print(f"{_display_url(url)}: revision {current or '-'} (head {head}, {state})")
+    console.print(f"{display_url(url)}: revision {current or '-'} (head {head}, {state})")
 
 
 def register(app: typer.Typer) -> None:

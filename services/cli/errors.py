@@ -9,6 +9,10 @@ import typer
 from pydantic import ValidationError
 from rich.console import Console
 from rich.markup import escape
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
+
+err_console = Console(stderr=True)
 
 
 def describe_error(exc: Exception) -> str:
@@ -20,11 +24,27 @@ def describe_error(exc: Exception) -> str:
     return str(exc) or type(exc).__name__
 
 
+def display_url(url: str) -> str:
+    """A database URL fit to print: the password hidden."""
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def _fail(message: str) -> None:
+    err_console.print(f"[red]error:[/red] {escape(message)}", soft_wrap=True)
+    raise typer.Exit(2) from None
+
+
 @contextmanager
-def user_errors() -> Iterator[None]:
-    """Turn ValueError/LookupError (and pydantic's ValidationError) into `error: ...` and exit 2."""
+def user_errors(database_url: str | None = None) -> Iterator[None]:
+    """ValueError/LookupError (incl. pydantic's ValidationError), an unreachable database and unreadable files
+    become `error: ...` on stderr (one line) and exit code 2."""
     try:
         yield
     except (ValueError, LookupError) as exc:
-        Console(stderr=True).print(f"[red]error:[/red] {escape(describe_error(exc))}")
-        raise typer.Exit(2) from None
+        _fail(describe_error(exc))
+    except OperationalError as exc:
+        reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+        where = f"database {display_url(database_url)}" if database_url else "database"
+        _fail(f"{where}: {reason}")
+    except OSError as exc:
+        _fail(str(exc))

@@ -9,9 +9,10 @@ from typing import Optional
 import typer
 from rich.console import Console
 
-from services.cli.errors import user_errors
+from services.cli.errors import display_url, user_errors
 from services.cli.render import print_span, result_to_json
 from shared.config import get_settings
+from shared.db.migrations import is_up_to_date
 from shared.db.repo.spanner_configs import load_span_plan
 from shared.db.session import make_engine, make_sessionmaker
 from shared.dicom.levels import InformationModel, QueryLevel
@@ -71,7 +72,8 @@ def find(
     limit: Optional[int] = typer.Option(None, "--limit", help="show at most this many rows in the table"),
 ) -> None:
     """Query every source at once and print the merged, deduplicated matches and each source's status."""
-    with user_errors():
+    settings = get_settings()
+    with user_errors(settings.db.url):
         if bool(source) == bool(config):
             raise ValueError("give either --source (one or more) or --config NAME")
         query_level = QueryLevel.parse(level)
@@ -81,9 +83,11 @@ def find(
             raise ValueError(f"level {query_level.value} is not part of the {info_model.value} model (PS3.4 C.6.2)")
         identifier = build_identifier(key, query_level)
         request = SpanRequest(level=query_level, identifier=identifier, model=info_model)
-        settings = get_settings()
         session_factory, config_id = None, None
         if config:
+            if not is_up_to_date(settings.db.url):
+                raise ValueError(f"database {display_url(settings.db.url)} has no current schema: run "
+                                 "`axiom db upgrade` (or `axiom config apply FILE`, which also migrates)")
             session_factory = make_sessionmaker(make_engine(settings.db.url))
             with session_factory() as session:
                 plan = load_span_plan(session, config_name=config)

@@ -18,7 +18,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine, pool
 
-from shared.db.session import ensure_sqlite_directory, sqlite_file_path
+from shared.db.session import ensure_sqlite_directory, normalize_database_url, sqlite_file_path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -53,7 +53,7 @@ def current_revision(url: str) -> str | None:
     sqlite_path = sqlite_file_path(url)
     if sqlite_path is not None and not sqlite_path.expanduser().exists():
         return None
-    engine = create_engine(url, poolclass=pool.NullPool)
+    engine = create_engine(normalize_database_url(url), poolclass=pool.NullPool)
     try:
         with engine.connect() as connection:
             return MigrationContext.configure(connection).get_current_revision()

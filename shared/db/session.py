@@ -43,8 +43,18 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
         cursor.close()
 
 
+def normalize_database_url(url: str) -> str:
+    """`postgres://` and `postgresql://` mean psycopg2, the driver Axiom ships (SQLAlchemy 2.1 would pick psycopg 3);
+    an explicit driver (`postgresql+psycopg://`) is kept."""
+    parsed = make_url(url)
+    if parsed.drivername in ("postgres", "postgresql"):
+        return parsed.set(drivername="postgresql+psycopg2").render_as_string(hide_password=False)
+    return url
+
+
 def make_engine(url: str, **kwargs: Any) -> Engine:
     """An Engine for `url`; extra keyword arguments go to sqlalchemy.create_engine."""
+    url = normalize_database_url(url)
     backend = make_url(url).get_backend_name()
     if backend == "sqlite":
         ensure_sqlite_directory(url)

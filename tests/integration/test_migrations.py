@@ -21,9 +21,11 @@ from sqlalchemy.exc import OperationalError
 
 from shared.db.migrations import current_revision, downgrade_to_base, head_revision, upgrade_to_head
 from shared.db.models import Base
+from shared.db.session import normalize_database_url
 from tests.peers import require
 
-ADMIN_URL = os.environ.get("AXIOM_TEST_POSTGRES_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
+ADMIN_URL = normalize_database_url(
+    os.environ.get("AXIOM_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"))
 
 
 def postgres_reachable() -> bool:

@@ -21,7 +21,7 @@ from shared.db.repo.spanner_configs import (
     replace_mappings,
     upsert_spanner_config,
 )
-from shared.db.session import make_engine, make_sessionmaker, session_scope
+from shared.db.session import make_engine, make_sessionmaker, normalize_database_url, session_scope
 from shared.spanning.model import (
     DedupStrategy,
     FailureStrategy,
@@ -164,3 +164,13 @@ def test_query_log_errors(session):
         start_query_log(session, query_id="q", config_id=None, query_type="C-ECHO", level="STUDY", filters=None)
     with pytest.raises(LookupError):
         finish_query_log(session, query_id="missing", result=result("missing"))
+
+
+@pytest.mark.parametrize("url, expected", [
+    ("postgresql://axiom:pw@db:5432/axiom", "postgresql+psycopg2://axiom:pw@db:5432/axiom"),
+    ("postgres://axiom@db/axiom", "postgresql+psycopg2://axiom@db/axiom"),
+    ("postgresql+psycopg://axiom@db/axiom", "postgresql+psycopg://axiom@db/axiom"),
+    ("sqlite:///axiom-data/axiom.db", "sqlite:///axiom-data/axiom.db"),
+])
+def test_plain_postgresql_urls_use_the_shipped_psycopg2_driver(url, expected):
+    assert normalize_database_url(url) == expected
