@@ -32,7 +32,7 @@ def _migrate_if_needed(url: str) -> None:
     current, head = current_revision(url), head_revision()
     if current != head:
         upgrade_to_head(url)
-        console.print(f"[dim]database {escape(display_url(url))} migrated {current or 'empty'} -> {head}[/dim]")
+        console.print(f"[dim]database {escape(display_url(url))} migrated {current or 'empty'} -> {head}[/dim]", soft_wrap=True)
 
 
 @config_app.command("apply")

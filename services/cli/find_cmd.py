@@ -7,6 +7,7 @@ from dataclasses import replace
 from typing import Optional
 
 import typer
+from pydicom.datadict import keyword_for_tag
 from rich.console import Console
 
 from services.cli.errors import display_url, user_errors
@@ -15,8 +16,8 @@ from shared.config import get_settings
 from shared.db.migrations import is_up_to_date
 from shared.db.repo.spanner_configs import load_span_plan
 from shared.db.session import make_engine, make_sessionmaker
-from shared.dicom.levels import InformationModel, QueryLevel
-from shared.dicom.query_keys import build_identifier
+from shared.dicom.levels import UNIQUE_KEYS, InformationModel, QueryLevel
+from shared.dicom.query_keys import build_identifier, parse_key
 from shared.source_uri import parse_source_uri
 from shared.span_client import InProcessSpanClient
 from shared.spanning.model import DedupStrategy, FailureStrategy, SourceSpec, SpanPolicy, SpanRequest
@@ -39,6 +40,15 @@ def inline_sources(specs: list[str], *, timeout: float | None, retries: int, cal
             max_retries=retries, retrieve_ae_title=getattr(connection, "ae_title", None) or name,
         ))
     return sources
+
+
+def display_columns(keys: list[str], identifier, level: QueryLevel) -> list[str]:
+    """Table columns: the keys in the order typed, then the identifier's other keys, the level's UID last."""
+    typed = [keyword_for_tag(parse_key(text).path[0]) for text in keys]
+    rest = [elem.keyword for elem in identifier if elem.keyword]
+    unique = UNIQUE_KEYS[level]
+    ordered = [k for k in dict.fromkeys(typed + rest) if k and k != unique]
+    return ordered + [unique]
 
 
 def _override(policy: SpanPolicy, dedup: str | None, failure: str | None, timeout: float | None,
@@ -106,7 +116,7 @@ def find(
     if as_json:
         typer.echo(json.dumps(result_to_json(result), ensure_ascii=False, indent=2))
     else:
-        print_span(console, result, [elem.keyword for elem in identifier if elem.keyword], limit=limit)
+        print_span(console, result, display_columns(key, identifier, query_level), limit=limit)
     raise typer.Exit(0 if result.status.succeeded else 1)
 
 
