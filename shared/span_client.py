@@ -17,7 +17,7 @@ from shared.adapters.query_ports import QueryPorts, build_query_ports
 from shared.db.repo.query_logs import finish_query_log, start_query_log
 from shared.dicom.dicom_json import dataset_to_json
 from shared.logging import log_event
-from shared.spanning.engine import run_span, stream_span
+from shared.spanning.engine import stream_span
 from shared.spanning.model import SourceSpec, SpanPolicy, SpanRequest, SpanResult
 from shared.spanning.ports import CancelToken
 
@@ -48,11 +48,9 @@ class InProcessSpanClient:
         config_id: int | None = None,
         requester: dict | None = None,
     ) -> SpanResult:
-        """Run one span to completion and return its result."""
-        with self._logged(request, config_id, requester) as finish:
-            result = run_span(request, sources, ports=self._ports, executor=self._executor, policy=policy,
-                              cancel=cancel)
-            finish(result)
+        """Run one span to completion and return its result (the last event of `stream`)."""
+        for event in self.stream(request, sources, policy, cancel=cancel, config_id=config_id, requester=requester):
+            result = event
         return result
 
     def stream(

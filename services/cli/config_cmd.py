@@ -15,7 +15,7 @@ import yaml
 from rich.console import Console
 from rich.markup import escape
 
-from services.cli.errors import describe_error, display_url, user_errors
+from services.cli.errors import display_url, user_errors
 from shared.config import get_settings
 from shared.db.migrations import current_revision, downgrade_to_base, head_revision, upgrade_to_head
 from shared.db.session import make_engine, make_sessionmaker, session_scope

@@ -18,25 +18,10 @@ from shared.dicom.levels import InformationModel, QueryLevel
 from shared.spanning.model import FindSummary, SourceSpec, SpanRequest
 from shared.spanning.ports import CancelToken, QueryFailedError, TransportError
 from tests.peers import free_port
+from tests.peers.streams import drain, ident
 from tests.peers.studies import ARCHIVE_A, ARCHIVE_B, study
 
 pytestmark = pytest.mark.integration
-
-
-def drain(stream) -> tuple[list[Dataset], FindSummary | None]:
-    matches = []
-    while True:
-        try:
-            matches.append(next(stream))
-        except StopIteration as stop:
-            return matches, stop.value
-
-
-def ident(**keys: object) -> Dataset:
-    ds = Dataset()
-    for keyword, value in keys.items():
-        setattr(ds, keyword, value)
-    return ds
 
 
 def source(peer, name: str = "PACS", **conn: object) -> SourceSpec:

@@ -15,7 +15,6 @@ import time
 
 import httpx
 import pytest
-from pydicom import Dataset
 
 from shared.adapters.dicomweb import QidoQueryPort
 from shared.connections import DicomwebAuth, DicomwebConnection, GoogleHealthcareConnection
@@ -23,23 +22,8 @@ from shared.dicom.levels import InformationModel, QueryLevel
 from shared.spanning.model import FindSummary, SourceSpec, SpanRequest
 from shared.spanning.ports import CancelToken, QueryFailedError, TransportError
 from tests.peers import free_port
+from tests.peers.streams import drain, ident
 from tests.peers.studies import ARCHIVE_A, ARCHIVE_B, study
-
-
-def drain(stream) -> tuple[list[Dataset], FindSummary | None]:
-    matches = []
-    while True:
-        try:
-            matches.append(next(stream))
-        except StopIteration as stop:
-            return matches, stop.value
-
-
-def ident(**keys: object) -> Dataset:
-    ds = Dataset()
-    for keyword, value in keys.items():
-        setattr(ds, keyword, value)
-    return ds
 
 
 def source(url: str, name: str = "WEB", max_results: int | None = None, **conn: object) -> SourceSpec:

@@ -21,7 +21,7 @@ from shared.db.repo.spanner_configs import (
     replace_mappings,
     upsert_spanner_config,
 )
-from shared.db.session import make_engine, make_sessionmaker, normalize_database_url, session_scope
+from shared.db.session import make_engine, make_sessionmaker, normalize_database_url
 from shared.spanning.model import (
     DedupStrategy,
     FailureStrategy,

@@ -2,22 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal, NamedTuple
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from shared.connections import parse_connection
 from shared.db.models import Source
-
-Action = Literal["created", "updated", "unchanged"]
-
-
-class Upserted(NamedTuple):
-    """A row written by an upsert and what happened to it."""
-
-    row: Any
-    action: Action
+from shared.db.repo.upserts import Upserted, upsert_row
 
 
 def get_source(session: Session, *, name: str) -> Source | None:
@@ -52,15 +44,4 @@ def upsert_source(
         raise ValueError(f"source {name!r}: kind {kind!r} does not match the connection's kind {data['kind']!r}")
     normalized = parse_connection(data).model_dump(mode="json")
     wanted = {"kind": kind, "connection_data": normalized, "description": description, "is_enabled": is_enabled}
-    source = get_source(session, name=name)
-    if source is None:
-        source = Source(name=name, **wanted)
-        session.add(source)
-        session.flush()
-        return Upserted(source, "created")
-    changed = [field for field, value in wanted.items() if getattr(source, field) != value]
-    for field in changed:
-        setattr(source, field, wanted[field])
-    if changed:
-        session.flush()
-    return Upserted(source, "updated" if changed else "unchanged")
+    return upsert_row(session, model=Source, existing=get_source(session, name=name), name=name, wanted=wanted)

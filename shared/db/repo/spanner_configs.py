@@ -9,7 +9,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
 from shared.db.models import Source, SpannerConfig, SpannerSourceMapping
-from shared.db.repo.sources import Upserted
+from shared.db.repo.upserts import Upserted, upsert_row
 from shared.spanning.model import SourceSpec, SpanPolicy
 
 _NOT_SETTABLE = {"id", "name", "created_at", "updated_at"}
@@ -81,18 +81,8 @@ def upsert_spanner_config(session: Session, *, name: str, **fields: Any) -> Upse
     if unknown:
         raise ValueError(f"spanner config {name!r}: unknown field(s) {', '.join(unknown)}")
     wanted = {**SPANNER_CONFIG_DEFAULTS, **fields}
-    config = get_spanner_config(session, name=name)
-    if config is None:
-        config = SpannerConfig(name=name, **wanted)
-        session.add(config)
-        session.flush()
-        return Upserted(config, "created")
-    changed = [key for key, value in wanted.items() if getattr(config, key) != value]
-    for key in changed:
-        setattr(config, key, wanted[key])
-    if changed:
-        session.flush()
-    return Upserted(config, "updated" if changed else "unchanged")
+    existing = get_spanner_config(session, name=name)
+    return upsert_row(session, model=SpannerConfig, existing=existing, name=name, wanted=wanted)
 
 
 def _mapping_values(spec: MappingSpec) -> dict[str, Any]:
