@@ -6,6 +6,8 @@ the cancel (or `hang_seconds`, whichever first). The port records calls, cancels
 
 from __future__ import annotations
 
+import copy
+
 import threading
 import time
 from dataclasses import dataclass, field
@@ -97,7 +99,8 @@ class ScriptedPort:
             if index and script.per_match_delay and cancel.wait(script.per_match_delay):
                 return None
             call.yielded += 1
-            yield match
+            # like a real adapter, hand out a fresh Dataset per find (the merger takes ownership of what it gets)
+            yield copy.deepcopy(match) if isinstance(match, Dataset) else match
         if script.error is not None:
             raise script.error
         if script.hang:

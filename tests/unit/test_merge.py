@@ -1,4 +1,8 @@
-"""Dedup keys and the three dedup strategies, including order-independence and idempotence properties."""
+"""Dedup keys and the three dedup strategies, including order-independence and idempotence properties.
+
+`Merger.add` takes ownership of the datasets it is given (it may modify and return them), so every add here hands
+over a fresh copy (`handed`): test data built once can be merged many times.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,9 @@ from hypothesis import strategies as st
 from pydicom import Dataset
 
 from shared.dicom.levels import QueryLevel
-from shared.spanning.merge import Merger, canonical_form, completeness, dedup_key, is_set_valued, merge_datasets
+from shared.spanning.merge import (
+    Merger, canonical_form, completeness, copy_dataset, dedup_key, is_set_valued, merge_datasets,
+)
 from shared.spanning.model import DedupStrategy, SourceSpec
 from tests.fakes.ports import study
 
@@ -18,11 +24,21 @@ SOURCES = [
 ]
 
 
+def handed(ds):
+    """A fresh copy to hand over to `Merger.add` (which consumes it), so `ds` itself stays untouched."""
+    return copy_dataset(ds)
+
+
 def merged(strategy, arrivals, level=QueryLevel.STUDY):
     merger = Merger(level, strategy, SOURCES)
     for source, ds in arrivals:
-        merger.add(source, ds)
+        merger.add(source, handed(ds))
     return merger.matches()
+
+
+def remerged(strategy, matches):
+    """Feed merged outputs back in, each from every source that held it (as a cache or a second span tier would)."""
+    return merged(strategy, [(source, m.dataset) for m in matches for source in m.sources])
 
 
 def snapshot(matches):
@@ -53,6 +69,8 @@ def test_first_wins_streams_and_keeps_arrival_order():
     assert matches[0].dataset.PatientName == "From^Alpha" and "PatientID" not in matches[0].dataset
     assert matches[0].sources == ("beta", "alpha")  # every holder in the final result, by priority
     assert list(matches[0].dataset.RetrieveAETitle) == ["BETA_AE", "ALPHA_AE"]
+    assert first.dataset.RetrieveAETitle == "ALPHA_AE"  # the streamed Match is left as it was sent
+    assert matches[1].sources == ("beta",) and matches[1].dataset.RetrieveAETitle == "BETA_AE"
     assert merger.raw_count == 3 and merger.contributed("beta") == 2
 
 
@@ -111,7 +129,30 @@ def test_unkeyed_matches_are_kept_and_only_identical_ones_collapse():
         assert sorted(m.sources for m in matches if not m.key) == [("alpha",), ("beta", "alpha")]
 
 
-def test_inputs_are_not_mutated():
+def test_add_takes_ownership_and_outputs_the_handed_over_datasets():
+    mine = study("1", PatientName="A", ModalitiesInStudy=["CT", "MR"])
+    merger = Merger(QueryLevel.STUDY, DedupStrategy.FIRST_WINS, SOURCES)
+    streamed = merger.add("alpha", mine)
+    assert streamed.dataset is mine and mine.RetrieveAETitle == "ALPHA_AE"  # no copy: the input is the output
+    assert merger.add("alpha", study("1", PatientName="Again")) is None
+    assert merger.matches() == [streamed]
+
+    winner = study("1", PatientName="W", PatientID="P")
+    merger = Merger(QueryLevel.STUDY, DedupStrategy.MOST_COMPLETE, SOURCES)
+    merger.add("beta", study("1", PatientName="Poor"))
+    merger.add("alpha", winner)
+    [match] = merger.matches()
+    assert match.dataset is winner and match.sources == ("beta", "alpha")
+
+    top = study("1", PatientName="Top", ModalitiesInStudy="CT")
+    merger = Merger(QueryLevel.STUDY, DedupStrategy.MERGE_ALL, SOURCES)
+    merger.add("gamma", study("1", PatientID="G", ModalitiesInStudy="MR"))
+    merger.add("beta", top)
+    [match] = merger.matches()
+    assert match.dataset is top and top.PatientID == "G" and list(top.ModalitiesInStudy) == ["CT", "MR"]
+
+
+def test_callers_that_hand_over_copies_keep_their_datasets():
     a = study("1", PatientName="A", ModalitiesInStudy=["CT", "MR"])
     before = canonical_form(a)
     for strategy in DedupStrategy:
@@ -120,6 +161,21 @@ def test_inputs_are_not_mutated():
         if "ModalitiesInStudy" in match.dataset:
             match.dataset.ModalitiesInStudy.append("XA")
     assert canonical_form(a) == before and "RetrieveAETitle" not in a
+
+
+def test_a_previous_retrieve_ae_title_changes_nothing():
+    """RetrieveAETitle is the merger's own output: neither completeness nor tie-breaks may see it."""
+    def arrivals(**stamp):
+        return [("alpha", study("1", PatientName="B")), ("alpha", study("1", PatientName="A", **stamp)),
+                ("gamma", study("1", PatientName="G"))]
+
+    for strategy in DedupStrategy:
+        assert snapshot(merged(strategy, arrivals(RetrieveAETitle="ZZZ"))) == snapshot(merged(strategy, arrivals()))
+    [match] = merged(DedupStrategy.MOST_COMPLETE, arrivals(RetrieveAETitle="ZZZ"))
+    assert match.dataset.PatientName == "A"  # alpha's tie broken by the smaller form, title left out
+    [match] = merged(DedupStrategy.MOST_COMPLETE, [("alpha", study("1", PatientName="A", RetrieveAETitle="X")),
+                                                   ("beta", study("1", PatientName="B"))])
+    assert match.dataset.PatientName == "B"  # equally complete: beta's priority decides, not alpha's extra title
 
 
 def test_output_order_sorted_for_non_streaming_strategies():
@@ -155,13 +211,18 @@ def test_dedup_is_idempotent(arrivals):
         assert snapshot(merged(strategy, arrivals + arrivals)) == snapshot(merged(strategy, arrivals))
 
 
-def test_fast_dataset_construction_matches_the_constructor():
-    from shared.spanning.merge import _new_dataset, copy_dataset
+@settings(max_examples=60, deadline=None)
+@given(arrivals=_arrivals)
+def test_remerging_outputs_gives_the_same_result(arrivals):
+    for strategy in DedupStrategy:
+        first = merged(strategy, arrivals)
+        assert snapshot(remerged(strategy, first)) == snapshot(first), strategy
 
+
+def test_copy_dataset_is_independent():
     original = study("1", PatientName="A", ModalitiesInStudy=["CT", "MR"])
     clone = copy_dataset(original)
     assert clone == original and clone is not original
-    assert set(clone.__dict__) == set(Dataset().__dict__)
-    a, b = _new_dataset({}), _new_dataset({})
-    a.PatientID = "X"
-    assert "PatientID" not in b and a._private_blocks is not b._private_blocks
+    clone.ModalitiesInStudy.append("US")
+    clone.PatientName = "B"
+    assert list(original.ModalitiesInStudy) == ["CT", "MR"] and original.PatientName == "A"
