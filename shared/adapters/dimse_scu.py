@@ -102,8 +102,8 @@ class DimseQueryPort:
     `cancel_grace_seconds`: how long a peer may take to answer C-CANCEL before the association is aborted.
     """
 
-    def __init__(self, *, ae_title: str = "AXIOM", cancel_grace_seconds: float = 1.0, idle_seconds: float = 20.0,
-                 max_idle_per_source: int = 4) -> None:
+    def __init__(self, *, ae_title: str = "AXIOM", cancel_grace_seconds: float = 1.0, idle_seconds: float = 10.0,
+                 max_idle_per_source: int = 2) -> None:
         self._ae = _SourceScopedAE(ae_title)
         self._ae.add_requested_context(STUDY_ROOT_FIND)
         self._ae.add_requested_context(PATIENT_ROOT_FIND)
@@ -115,11 +115,14 @@ class DimseQueryPort:
         self._open: set[Association] = set()
         self._msg_ids = itertools.count(1)
         self._closed = False
+        self._stop_reaper = threading.Event()
+        self._reaper: threading.Thread | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------------------------
 
     def close(self) -> None:
         """Release every idle association and abort any still busy. The port is unusable afterwards."""
+        self._stop_reaper.set()
         with self._lock:
             self._closed = True
             idle = {a for pool in self._idle.values() for a, _ in pool}
@@ -224,9 +227,28 @@ class DimseQueryPort:
                 while len(pool) > self._max_idle:
                     surplus.append(pool.pop(0)[0])
                 assoc = None
+                self._start_reaper()
         if assoc is not None:
             self._discard(assoc)
         self._retire(surplus)
+
+    def _start_reaper(self) -> None:
+        """Under self._lock: start the thread that releases associations idle longer than `idle_seconds`
+        (each pooled association keeps two pynetdicom threads polling, so idle ones must not linger)."""
+        if self._reaper is None:
+            self._reaper = threading.Thread(target=self._reap, name="dimse-pool-reaper", daemon=True)
+            self._reaper.start()
+
+    def _reap(self) -> None:
+        interval = max(0.05, min(self._idle_seconds / 2, 5.0))
+        while not self._stop_reaper.wait(interval):
+            now, expired = time.monotonic(), []
+            with self._lock:
+                for pool in self._idle.values():
+                    keep = [(a, since) for a, since in pool if a.is_established and now - since < self._idle_seconds]
+                    expired += [a for a, since in pool if (a, since) not in keep]
+                    pool[:] = keep
+            self._retire(expired)
 
     def _retire(self, associations: list[Association]) -> None:
         """Release associations the pool no longer wants, without making the caller wait for the peers."""

@@ -117,6 +117,17 @@ def test_an_association_idle_too_long_is_released_not_reused(two_orthancs) -> No
         assert not old.is_established
 
 
+def test_idle_associations_are_released_even_when_no_find_comes_back(two_orthancs) -> None:
+    request = SpanRequest(QueryLevel.STUDY, ident(StudyInstanceUID=""))
+    with DimseQueryPort(idle_seconds=0.3) as port:
+        drain(port.find(request, source(two_orthancs.a), CancelToken()))
+        (parked,) = port._open
+        deadline = time.monotonic() + 5
+        while (port.open_associations or parked.is_established) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert port.open_associations == 0 and not parked.is_established
+
+
 def test_the_idle_pool_keeps_at_most_max_idle_per_source(two_orthancs) -> None:
     request = SpanRequest(QueryLevel.STUDY, ident(StudyInstanceUID=""))
     src = source(two_orthancs.a)
