@@ -155,6 +155,8 @@ def demo(seed: int = typer.Option(7, help="seed of the synthetic archives")) -> 
         first = _span(client, plan, keys)
         print_span(console, first, STUDY_KEYS)
         checks.append(("patient span succeeded with matches", first.status.succeeded and bool(first.matches)))
+        checks.append(("MOST_COMPLETE kept the complete record of every study",
+                       all(m.dataset.get("StudyDescription") for m in first.matches)))
 
         console.print(Rule("2. The same with MERGE_ALL: attributes from every archive, ModalitiesInStudy unioned"))
         print_span(console, _span(client, plan, keys, dedup_strategy=DedupStrategy.MERGE_ALL), STUDY_KEYS)
@@ -189,8 +191,8 @@ def _verdict(checks: list[tuple[str, bool]]) -> None:
         console.print(f"  {'[green]✓' if ok else '[red]✗'}[/] {text}")
     if not all(ok for _, ok in checks):
         raise typer.Exit(1)
-    console.print("[green]Demo complete.[/green] Try: axiom find --config demo -k PatientName='M*' (while archives run: "
-                  "axiom pacs-sim), axiom config show")
+    console.print("[green]Demo complete.[/green] The demo's archives have stopped; to keep one running and query it "
+                  "yourself, see `axiom pacs-sim --help` and `axiom find --help` (examples in the README).")
 
 
 def register(app: typer.Typer) -> None:

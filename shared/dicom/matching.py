@@ -102,6 +102,25 @@ def project(identifier: Dataset, candidate: Dataset, *, level: QueryLevel | str 
     return response
 
 
+def response_tags(identifier: Dataset, level: QueryLevel) -> frozenset[int]:
+    """The top-level tags a C-FIND response may carry for `identifier` (PS3.4 C.4.1.2.3): the requested keys, the
+    level's unique key, Specific Character Set and Retrieve AE Title (which the spanner itself fills in)."""
+    extra = (UNIQUE_KEYS[level], "SpecificCharacterSet", "RetrieveAETitle")
+    return frozenset(int(element.tag) for element in identifier) | frozenset(int(Tag(k)) for k in extra)
+
+
+def keep_response_keys(dataset: Dataset, allowed: frozenset[int]) -> Dataset:
+    """Drop, in place, the top-level attributes of an answer that were not asked for (see `response_tags`).
+
+    Archives return unrequested attributes (QIDO-RS servers add their default set, PS3.18 10.6.3.3.1); left in,
+    they would make one archive's answer look more complete than another's that holds what was requested.
+    """
+    extra = [tag for tag in dataset.keys() if int(tag) not in allowed]
+    for tag in extra:
+        del dataset[tag]
+    return dataset
+
+
 def filter_matches(
     identifier: Dataset, candidates: Iterable[Dataset], *, pn_case_insensitive: bool = False
 ) -> list[Dataset]:

@@ -17,7 +17,9 @@ Rules:
 * **Matches** — from every source, including ones that later fail (they are valid data; the status tells the
   truth). Match events: FIRST_WINS as each new key arrives, otherwise all at the end (also for failed/cancelled
   spans; callers decide by status). An `ok` outcome with a FindSummary warning reports it in `error` as
-  "warning: ...".
+  "warning: ...". Each answer is first cut down to the requested keys (PS3.4 C.4.1.2.3; see
+  shared.dicom.matching.response_tags), so an archive that returns unrequested attributes (QIDO-RS defaults)
+  neither looks more complete to MOST_COMPLETE nor leaks attributes into the merged answer.
 * **Identifier per source** — a copy of the request identifier with `SourceSpec.additional_filters` applied
   (DICOM keywords → values); an unknown keyword fails that source only.
 """
@@ -32,6 +34,7 @@ from typing import Callable, Iterator, Mapping, Sequence
 from pydicom.datadict import tag_for_keyword
 
 from shared.dicom.charset import normalize_output_charset
+from shared.dicom.matching import keep_response_keys, response_tags
 from shared.spanning import policy as rules
 from shared.spanning.merge import Merger, copy_dataset
 from shared.spanning.model import (
@@ -105,6 +108,7 @@ class _Span:
         self.deadline = rules.span_deadline(self.started, policy)
         self.events: queue.Queue = queue.Queue()
         self.merger = Merger(request.level, policy.dedup_strategy, self.sources, finalize=normalize_output_charset)
+        self.response_tags = response_tags(request.identifier, request.level)
         order = sorted(range(len(self.sources)), key=lambda i: (self.sources[i].priority, i))
         self.pending: deque[SourceSpec] = deque(self.sources[i] for i in order)
         self.running: dict[str, _Run] = {}
@@ -193,7 +197,7 @@ class _Span:
         if run is None:  # a source the engine already closed: ignore its late reports
             return
         if isinstance(event, Received):
-            match = self.merger.add(event.source, event.dataset)
+            match = self.merger.add(event.source, keep_response_keys(event.dataset, self.response_tags))
             if match is not None:
                 yield match
         elif isinstance(event, Started):

@@ -252,3 +252,21 @@ def test_engine_is_pure():
             "print(bad); sys.exit(1 if bad else 0)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_unrequested_attributes_are_dropped_before_merging():
+    """A QIDO-RS archive adds its default attributes; they must not make its answer 'more complete' than a DIMSE
+    archive's that holds what was asked for (PS3.4 C.4.1.2.3)."""
+    full = study("1.2.3", StudyDescription="XR HAND", AccessionNumber="A7")
+    chatty = study("1.2.3", StudyDescription="", AccessionNumber="", StudyTime="101500", InstitutionName="X",
+                   ReferringPhysicianName="Y^Z", NumberOfStudyRelatedInstances="4", StudyID="9")
+    port = ScriptedPort({"DIMSE": Script(matches=[full]), "QIDO": Script(matches=[chatty])})
+    identifier = Dataset()
+    identifier.StudyInstanceUID, identifier.StudyDescription, identifier.AccessionNumber = "", "", ""
+    sources = [SourceSpec("DIMSE", "fake", priority=1), SourceSpec("QIDO", "fake", priority=2)]
+    for strategy in DedupStrategy:
+        result = run_span(SpanRequest(level=QueryLevel.STUDY, identifier=identifier), sources,
+                          ports={"fake": port}, executor=ThreadExecutor(), policy=SpanPolicy(dedup_strategy=strategy))
+        (match,) = result.matches
+        assert match.dataset.StudyDescription == "XR HAND" and match.dataset.AccessionNumber == "A7", strategy
+        assert "InstitutionName" not in match.dataset and "StudyTime" not in match.dataset
