@@ -3,22 +3,27 @@
 `InProcessSpanClient` is the embedded mode: the engine runs here on a thread executor. The client keeps one set of
 query ports for its life, so DIMSE associations and HTTP connections are reused from span to span. The distributed
 mode swaps in a client that goes through the coordinator; callers don't change. When given a session factory, every
-span is written to `spanner_query_logs`.
+span is written to `spanner_query_logs`. With `cache_ttl_seconds` (a spanner config's setting) a completed span's
+result is kept in the client's cache and an identical query within the TTL is answered from it (partial or failed
+spans are never cached: a fresh query may do better).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import Callable, Iterator, Sequence
 
+from shared.adapters.cache import Cache, MemoryCache
 from shared.adapters.executor import ThreadExecutor
 from shared.adapters.query_ports import QueryPorts, build_query_ports
 from shared.db.repo.query_logs import finish_query_log, start_query_log
 from shared.dicom.dicom_json import dataset_to_json
 from shared.logging import log_event
 from shared.spanning.engine import stream_span
-from shared.spanning.model import SourceSpec, SpanPolicy, SpanRequest, SpanResult
+from shared.spanning.model import SourceSpec, SpanPolicy, SpanRequest, SpanResult, SpanStatus
 from shared.spanning.ports import CancelToken
 
 logger = logging.getLogger(__name__)
@@ -33,8 +38,10 @@ class InProcessSpanClient:
         executor: ThreadExecutor | None = None,
         ports_factory: Callable[[], QueryPorts] = build_query_ports,
         session_factory: Callable | None = None,
+        cache: Cache | None = None,
     ) -> None:
         self._executor = executor or ThreadExecutor()
+        self._cache = cache if cache is not None else MemoryCache()
         self._ports = ports_factory()
         self._session_factory = session_factory
 
@@ -47,10 +54,22 @@ class InProcessSpanClient:
         cancel: CancelToken | None = None,
         config_id: int | None = None,
         requester: dict | None = None,
+        cache_ttl_seconds: float = 0,
     ) -> SpanResult:
-        """Run one span to completion and return its result (the last event of `stream`)."""
+        """Run one span to completion and return its result (the last event of `stream`), or the cached result of
+        the same query on the same sources when `cache_ttl_seconds` > 0 (its datasets are shared with the cache:
+        treat them as read-only)."""
+        key = span_cache_key(request, sources, policy) if cache_ttl_seconds > 0 else None
+        cached = self._cache.get(key) if key else None
+        if cached is not None:
+            result = replace(cached, query_id=request.query_id, duration_ms=0.0)
+            with self._logged(request, config_id, requester, cache_hit=True) as finish:
+                finish(result)
+            return result
         for event in self.stream(request, sources, policy, cancel=cancel, config_id=config_id, requester=requester):
             result = event
+        if key and result.status is SpanStatus.COMPLETED:
+            self._cache.set(key, result, cache_ttl_seconds)
         return result
 
     def stream(
@@ -78,9 +97,9 @@ class InProcessSpanClient:
         self._executor.shutdown()
 
     @contextmanager
-    def _logged(self, request: SpanRequest, config_id: int | None, requester: dict | None):
+    def _logged(self, request: SpanRequest, config_id: int | None, requester: dict | None, cache_hit: bool = False):
         log_event(logger, "spanning_query_started", query_id=request.query_id, query_level=request.level.value,
-                  query_type=request.query_type, spanner_config_id=config_id)
+                  query_type=request.query_type, spanner_config_id=config_id, cache_hit=cache_hit)
         if self._session_factory is not None:
             self._start_log(request, config_id, requester or {})
         finished: list[SpanResult] = []
@@ -108,3 +127,11 @@ class InProcessSpanClient:
                 requester_user=requester.get("user"),
                 client_address=requester.get("address"),
             )
+
+
+def span_cache_key(request: SpanRequest, sources: Sequence[SourceSpec], policy: SpanPolicy) -> str:
+    """What makes two spans the same question: level, model, keys (in canonical DICOM JSON), sources and policy."""
+    keys = json.dumps(dataset_to_json(request.identifier), sort_keys=True, ensure_ascii=False)
+    where = [(s.name, s.kind, s.priority, repr(s.connection), sorted(s.additional_filters.items())) for s in sources]
+    rules = (policy.failure_strategy.value, policy.dedup_strategy.value, policy.minimum_success_threshold)
+    return json.dumps([request.query_type, request.level.value, request.model.value, keys, where, rules], default=str)

@@ -46,6 +46,7 @@ spanner_configs:
     deduplication_strategy: MOST_COMPLETE
     query_timeout_seconds: 10
     max_concurrent_sources: 8
+    cache_ttl_seconds: 60
     scp_ae_title: AXIOM_DEMO
     sources:
       - {{source: NORTH, priority: 1, timeout_seconds: 5}}
@@ -88,7 +89,7 @@ def _span(client: InProcessSpanClient, plan: SpanPlan, keys: list[str], *, level
     model = InformationModel.PATIENT_ROOT if level is QueryLevel.PATIENT else InformationModel.STUDY_ROOT
     request = SpanRequest(level=level, identifier=build_identifier(keys, level, model=model), model=model)
     return client.run(request, sources or plan.sources, replace(plan.policy, **policy), config_id=plan.config.id,
-                      requester={"user": "demo"})
+                      requester={"user": "demo"}, cache_ttl_seconds=plan.config.cache_ttl_seconds)
 
 
 def _streamed(client: InProcessSpanClient, plan: SpanPlan, keys: list[str]) -> SpanResult:
@@ -157,6 +158,12 @@ def demo(seed: int = typer.Option(7, help="seed of the synthetic archives")) -> 
         checks.append(("patient span succeeded with matches", first.status.succeeded and bool(first.matches)))
         checks.append(("MOST_COMPLETE kept the complete record of every study",
                        all(m.dataset.get("StudyDescription") for m in first.matches)))
+
+        again = _span(client, plan, keys)
+        console.print(f"  Asked again: {len(again.matches)} matches in {again.duration_ms:.0f} ms, from the cache "
+                      f"(cache_ttl_seconds={plan.config.cache_ttl_seconds}; only completed spans are cached)")
+        checks.append(("the same question again is answered from the cache",
+                       again.duration_ms == 0 and len(again.matches) == len(first.matches)))
 
         console.print(Rule("2. The same with MERGE_ALL: attributes from every archive, ModalitiesInStudy unioned"))
         print_span(console, _span(client, plan, keys, dedup_strategy=DedupStrategy.MERGE_ALL), STUDY_KEYS)

@@ -93,7 +93,7 @@ def find(
             raise ValueError(f"level {query_level.value} is not part of the {info_model.value} model (PS3.4 C.6.2)")
         identifier = build_identifier(key, query_level)
         request = SpanRequest(level=query_level, identifier=identifier, model=info_model)
-        session_factory, config_id = None, None
+        session_factory, config_id, cache_ttl = None, None, 0
         if config:
             if not is_up_to_date(settings.db.url):
                 raise ValueError(f"database {display_url(settings.db.url)} has no current schema: run "
@@ -102,6 +102,7 @@ def find(
             with session_factory() as session:
                 plan = load_span_plan(session, config_name=config)
             sources, policy, config_id = plan.sources, plan.policy, plan.config.id
+            cache_ttl = plan.config.cache_ttl_seconds
         else:
             sources = inline_sources(source, timeout=source_timeout, retries=retries,
                                      calling_ae=calling_aet or settings.scp.calling_ae_title)
@@ -109,7 +110,7 @@ def find(
         policy = _override(policy, dedup, failure, timeout, min_success)
     client = InProcessSpanClient(session_factory=session_factory)
     try:
-        result = client.run(request, sources, policy, config_id=config_id,
+        result = client.run(request, sources, policy, config_id=config_id, cache_ttl_seconds=cache_ttl,
                             requester={"user": "cli", "ae_title": calling_aet})
     finally:
         client.close()

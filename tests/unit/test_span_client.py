@@ -1,0 +1,71 @@
+"""InProcessSpanClient: spans through injected ports, the result cache and the query log."""
+
+from __future__ import annotations
+
+from pydicom import Dataset
+
+from shared.adapters.cache import MemoryCache
+from shared.adapters.query_ports import QueryPorts
+from shared.dicom.levels import QueryLevel
+from shared.span_client import InProcessSpanClient
+from shared.spanning.model import SourceSpec, SpanPolicy, SpanRequest, SpanStatus
+from tests.fakes.ports import Script, ScriptedPort, study
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def request() -> SpanRequest:
+    identifier = Dataset()
+    identifier.StudyInstanceUID = ""
+    return SpanRequest(level=QueryLevel.STUDY, identifier=identifier)
+
+
+def client_with(scripts: dict[str, Script], cache: MemoryCache) -> tuple[InProcessSpanClient, ScriptedPort]:
+    port = ScriptedPort(scripts)
+    return InProcessSpanClient(ports_factory=lambda: QueryPorts({"fake": lambda: port}), cache=cache), port
+
+
+def test_a_completed_span_is_answered_from_the_cache_within_the_ttl():
+    clock = Clock()
+    client, port = client_with({"A": Script(matches=[study("1.2.3")])}, MemoryCache(clock=clock))
+    sources = [SourceSpec("A", "fake")]
+    first = client.run(request(), sources, SpanPolicy(), cache_ttl_seconds=60)
+    second_request = request()
+    second = client.run(second_request, sources, SpanPolicy(), cache_ttl_seconds=60)
+    assert len(port.calls) == 1
+    assert second.query_id == second_request.query_id != first.query_id
+    assert second.duration_ms == 0 and [m.key for m in second.matches] == [m.key for m in first.matches]
+    clock.now += 61
+    client.run(request(), sources, SpanPolicy(), cache_ttl_seconds=60)
+    assert len(port.calls) == 2
+    client.close()
+
+
+def test_partial_spans_and_a_zero_ttl_are_never_cached():
+    client, port = client_with({"A": Script(matches=[study("1.2.3")]), "B": Script(query_failure="0xC000")},
+                               MemoryCache())
+    sources = [SourceSpec("A", "fake"), SourceSpec("B", "fake")]
+    assert client.run(request(), sources, SpanPolicy(), cache_ttl_seconds=60).status is SpanStatus.PARTIAL
+    client.run(request(), sources, SpanPolicy(), cache_ttl_seconds=60)
+    assert len(port.calls) == 4
+    client.run(request(), sources[:1], SpanPolicy())
+    client.run(request(), sources[:1], SpanPolicy())
+    assert len(port.calls) == 6
+    client.close()
+
+
+def test_a_different_question_is_not_answered_from_another_questions_cache():
+    client, port = client_with({"A": Script(matches=[study("1.2.3")])}, MemoryCache())
+    sources = [SourceSpec("A", "fake")]
+    client.run(request(), sources, SpanPolicy(), cache_ttl_seconds=60)
+    other = request()
+    other.identifier.StudyDate = "20240101"
+    client.run(other, sources, SpanPolicy(), cache_ttl_seconds=60)
+    assert len(port.calls) == 2
+    client.close()
