@@ -28,7 +28,7 @@ db_app = typer.Typer(help="Database schema migrations (Alembic).", no_args_is_he
 ACTION_STYLE = {"created": "green", "updated": "yellow", "unchanged": "dim"}
 
 
-def _migrate_if_needed(url: str) -> None:
+def migrate_if_needed(url: str) -> None:
     current, head = current_revision(url), head_revision()
     if current != head:
         upgrade_to_head(url)
@@ -44,7 +44,7 @@ def apply(
     url = get_settings().db.url
     with user_errors(url):
         text = file.read_text(encoding="utf-8")
-        _migrate_if_needed(url)
+        migrate_if_needed(url)
         factory = make_sessionmaker(make_engine(url))
         with session_scope(factory) as session:
             try:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from services.cli import config_cmd, demo_cmd, find_cmd, pacs_sim_cmd
+from services.cli import apikey_cmd, config_cmd, demo_cmd, find_cmd, pacs_sim_cmd
 
 app = typer.Typer(
     name="axiom",
@@ -13,7 +13,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-for module in (find_cmd, config_cmd, demo_cmd, pacs_sim_cmd):
+for module in (find_cmd, config_cmd, apikey_cmd, demo_cmd, pacs_sim_cmd):
     module.register(app)
 
 

@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 from services.cli.config_cmd import register
 from shared.config import get_settings
+from shared.db.migrations import head_revision
 from tests.unit.test_provisioning import EXAMPLE
 
 
@@ -35,7 +36,7 @@ def test_apply_migrates_then_is_idempotent(cli, tmp_path):
     path.write_text(EXAMPLE)
     first = cli("config", "apply", path)
     assert first.exit_code == 0, first.output
-    assert "migrated empty -> 0001" in first.output and "3 created" in first.output
+    assert f"migrated empty -> {head_revision()}" in first.output and "3 created" in first.output
     second = cli("config", "apply", path)
     assert second.exit_code == 0 and "0 created, 0 updated, 3 unchanged" in second.output
     assert "migrated" not in second.output
@@ -83,10 +84,10 @@ def test_missing_file_is_a_user_error(cli, tmp_path):
 
 
 def test_db_commands(cli):
-    assert "revision - (head 0001, empty)" in one_line(cli("db", "current").output)
+    assert f"revision - (head {head_revision()}, empty)" in one_line(cli("db", "current").output)
     assert cli("config", "show").exit_code == 2
     assert cli("db", "upgrade").exit_code == 0
-    assert "(head 0001, up to date)" in one_line(cli("db", "current").output)
+    assert f"(head {head_revision()}, up to date)" in one_line(cli("db", "current").output)
     refused = cli("db", "downgrade")
     assert refused.exit_code == 2 and "--yes" in refused.output
     assert cli("db", "downgrade", "--yes").exit_code == 0

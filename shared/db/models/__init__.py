@@ -1,15 +1,18 @@
 """Axiom's schema: importing this package registers every table on `Base.metadata` (Alembic's target)."""
 
 from shared.db.base import Base
+from shared.db.models.api_key import ApiKey, Role
 from shared.db.models.query_log import QueryLogStatus, QueryType, SpannerQueryLog
 from shared.db.models.source import Source
 from shared.db.models.spanner import CmoveStrategy, SpannerConfig, SpannerSourceMapping
 
 __all__ = [
+    "ApiKey",
     "Base",
     "CmoveStrategy",
     "QueryLogStatus",
     "QueryType",
+    "Role",
     "Source",
     "SpannerConfig",
     "SpannerQueryLog",
