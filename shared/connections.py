@@ -7,13 +7,15 @@ in and out, so a bad port or URL is refused with the field named.
 from __future__ import annotations
 
 from typing import Annotated, Literal, Union
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator, model_validator
 
 AE_TITLE_PATTERN = r"^[\x20-\x5b\x5d-\x7e]{1,16}$"  # PS3.5 6.2 AE: 16 chars, no backslash or control chars
 
 
-def _check_ae_title(value: str) -> str:
+def check_ae_title(value: str) -> str:
+    """The AE title stripped, or ValueError: 1-16 printable ASCII characters without backslash (PS3.5 6.2)."""
     text = value.strip()
     if not text or len(text) > 16 or "\\" in text or any(ord(c) < 0x20 or ord(c) > 0x7E for c in text):
         raise ValueError("an AE title is 1-16 printable ASCII characters without backslash (PS3.5 6.2)")
@@ -40,7 +42,7 @@ class DimseConnection(_Connection):
     supports_cget: bool = True
     supports_cmove: bool = True
 
-    _ae = field_validator("ae_title", "calling_ae_title")(classmethod(lambda cls, v: _check_ae_title(v)))
+    _ae = field_validator("ae_title", "calling_ae_title")(classmethod(lambda cls, v: check_ae_title(v)))
 
     @field_validator("host")
     @classmethod
@@ -86,6 +88,8 @@ class DicomwebConnection(_Connection):
         text = value.strip().rstrip("/")
         if not text.startswith(("http://", "https://")) or len(text) <= len("https://"):
             raise ValueError("base_url must be an http:// or https:// URL")
+        if urlsplit(text).username is not None:  # it would be shown and logged with the URL
+            raise ValueError("base_url must not carry credentials: use auth: {type: basic, username, password}")
         return text
 
 

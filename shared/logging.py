@@ -53,8 +53,10 @@ def configure_logging(service: str, level: str = "INFO", stream: Any = None) -> 
     handler._axiom = True  # type: ignore[attr-defined]
     root.addHandler(handler)
     root.setLevel(level.upper())
-    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    # Library diagnostics only at DEBUG: Axiom reports what they would say as its own events (source_query_failed).
+    debug = level.upper() == "DEBUG"
+    logging.getLogger("pynetdicom").setLevel(logging.DEBUG if debug else logging.CRITICAL)
+    logging.getLogger("httpx").setLevel(logging.DEBUG if debug else logging.WARNING)
 
 
 def log_event(logger: logging.Logger, event: str, severity: int = logging.INFO, **fields: Any) -> None:

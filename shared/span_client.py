@@ -10,6 +10,7 @@ spans are never cached: a fresh query may do better).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from contextlib import contextmanager
@@ -23,7 +24,7 @@ from shared.db.repo.query_logs import finish_query_log, start_query_log
 from shared.dicom.dicom_json import dataset_to_json
 from shared.logging import log_event
 from shared.spanning.engine import stream_span
-from shared.spanning.model import SourceSpec, SpanPolicy, SpanRequest, SpanResult, SpanStatus
+from shared.spanning.model import SourceSpec, SourceStatus, SpanPolicy, SpanRequest, SpanResult, SpanStatus
 from shared.spanning.ports import CancelToken
 
 logger = logging.getLogger(__name__)
@@ -98,15 +99,32 @@ class InProcessSpanClient:
 
     @contextmanager
     def _logged(self, request: SpanRequest, config_id: int | None, requester: dict | None, cache_hit: bool = False):
+        """Log the span's start and end; the block hands its SpanResult to the yielded callback. A span that raises
+        or is abandoned (the stream closed early) is still closed in the query log, as failed or cancelled."""
         log_event(logger, "spanning_query_started", query_id=request.query_id, query_level=request.level.value,
                   query_type=request.query_type, spanner_config_id=config_id, cache_hit=cache_hit)
         if self._session_factory is not None:
             self._start_log(request, config_id, requester or {})
         finished: list[SpanResult] = []
-        yield finished.append
-        if not finished:
-            return
-        result = finished[0]
+        try:
+            yield finished.append
+        except BaseException as exc:
+            if not finished:
+                abandoned = isinstance(exc, (GeneratorExit, KeyboardInterrupt))
+                self._finish(SpanResult(
+                    query_id=request.query_id, status=SpanStatus.CANCELLED if abandoned else SpanStatus.FAILED,
+                    matches=(), outcomes=(), raw_count=0, duration_ms=0.0,
+                    error="abandoned by the caller" if abandoned else f"{type(exc).__name__}: {exc}"))
+            raise
+        if finished:
+            self._finish(finished[0])
+
+    def _finish(self, result: SpanResult) -> None:
+        for outcome in result.outcomes:
+            if outcome.status is not SourceStatus.OK:
+                log_event(logger, "source_query_failed", logging.WARNING, query_id=result.query_id,
+                          source=outcome.source, status=outcome.status.value, error=outcome.error,
+                          retries=outcome.retries, latency_ms=round(outcome.latency_ms, 1))
         log_event(logger, "spanning_query_completed", query_id=result.query_id, status=result.status.value,
                   total_results=len(result.matches), raw_results=result.raw_count,
                   duration_ms=round(result.duration_ms, 1), failed_sources=result.failed_sources)
@@ -130,8 +148,17 @@ class InProcessSpanClient:
 
 
 def span_cache_key(request: SpanRequest, sources: Sequence[SourceSpec], policy: SpanPolicy) -> str:
-    """What makes two spans the same question: level, model, keys (in canonical DICOM JSON), sources and policy."""
+    """What makes two spans the same question: level, model, keys (in canonical DICOM JSON), sources and policy,
+    as a digest (no secrets: the key may end up in a shared cache)."""
     keys = json.dumps(dataset_to_json(request.identifier), sort_keys=True, ensure_ascii=False)
-    where = [(s.name, s.kind, s.priority, repr(s.connection), sorted(s.additional_filters.items())) for s in sources]
+    where = [(s.name, s.kind, s.priority, _fingerprint(s.connection), s.retrieve_ae_title, s.max_results,
+              sorted(s.additional_filters.items())) for s in sources]
     rules = (policy.failure_strategy.value, policy.dedup_strategy.value, policy.minimum_success_threshold)
-    return json.dumps([request.query_type, request.level.value, request.model.value, keys, where, rules], default=str)
+    text = json.dumps([request.query_type, request.level.value, request.model.value, keys, where, rules], default=str)
+    return "span:" + hashlib.sha256(text.encode()).hexdigest()
+
+
+def _fingerprint(connection: object) -> str:
+    """A digest of a connection config: identifies it in a cache key without carrying its passwords or tokens."""
+    data = connection.model_dump(mode="json") if hasattr(connection, "model_dump") else repr(connection)
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()

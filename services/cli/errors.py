@@ -10,7 +10,7 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.markup import escape
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import ArgumentError, OperationalError
 
 err_console = Console(stderr=True)
 
@@ -25,8 +25,11 @@ def describe_error(exc: Exception) -> str:
 
 
 def display_url(url: str) -> str:
-    """A database URL fit to print: the password hidden."""
-    return make_url(url).render_as_string(hide_password=True)
+    """A database URL fit to print: the password hidden (an unparsable URL is not echoed: it may hold one)."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "(unparsable DATABASE_URL)"
 
 
 def _fail(message: str) -> None:
@@ -42,6 +45,10 @@ def user_errors(database_url: str | None = None) -> Iterator[None]:
         yield
     except (ValueError, LookupError) as exc:
         _fail(describe_error(exc))
+    except ArgumentError as exc:  # includes an unknown dialect in DATABASE_URL
+        _fail(f"invalid database URL: {exc}")
+    except ImportError as exc:  # a DATABASE_URL whose driver is not installed
+        _fail(f"database driver not installed: {exc.name or exc}")
     except OperationalError as exc:
         reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
         where = f"database {display_url(database_url)}" if database_url else "database"

@@ -13,6 +13,7 @@ from rich.console import Console
 from services.cli.errors import display_url, user_errors
 from services.cli.render import print_span, result_to_json
 from shared.config import get_settings
+from shared.connections import DimseConnection, check_ae_title
 from shared.db.migrations import is_up_to_date
 from shared.db.repo.spanner_configs import load_span_plan
 from shared.db.session import make_engine, make_sessionmaker
@@ -34,7 +35,7 @@ def inline_sources(specs: list[str], *, timeout: float | None, retries: int, cal
             raise ValueError(f"source {name!r} is given twice")
         seen.add(name)
         if connection.kind == "dimse" and "calling=" not in text:
-            connection = connection.model_copy(update={"calling_ae_title": calling_ae})
+            connection = DimseConnection.model_validate({**connection.model_dump(), "calling_ae_title": calling_ae})
         sources.append(SourceSpec(
             name=name, kind=connection.kind, connection=connection, priority=priority, timeout_seconds=timeout,
             max_retries=retries, retrieve_ae_title=getattr(connection, "ae_title", None) or name,
@@ -58,7 +59,7 @@ def _override(policy: SpanPolicy, dedup: str | None, failure: str | None, timeou
         changes["dedup_strategy"] = DedupStrategy(dedup.upper())
     if failure:
         changes["failure_strategy"] = FailureStrategy(failure.upper())
-    if timeout:
+    if timeout is not None:
         changes["query_timeout_seconds"] = timeout
     if min_success is not None:
         changes["minimum_success_threshold"] = min_success
@@ -86,39 +87,55 @@ def find(
     with user_errors(settings.db.url):
         if bool(source) == bool(config):
             raise ValueError("give either --source (one or more) or --config NAME")
-        query_level = QueryLevel.parse(level)
-        info_model = InformationModel.parse(model) if model else (
-            InformationModel.PATIENT_ROOT if query_level is QueryLevel.PATIENT else InformationModel.STUDY_ROOT)
-        if not info_model.allows(query_level):
-            raise ValueError(f"level {query_level.value} is not part of the {info_model.value} model (PS3.4 C.6.2)")
-        identifier = build_identifier(key, query_level)
-        request = SpanRequest(level=query_level, identifier=identifier, model=info_model)
-        session_factory, config_id, cache_ttl = None, None, 0
+        request = _request(level, model, key)
         if config:
-            if not is_up_to_date(settings.db.url):
-                raise ValueError(f"database {display_url(settings.db.url)} has no current schema: run "
-                                 "`axiom db upgrade` (or `axiom config apply FILE`, which also migrates)")
+            plan = _load_plan(settings.db.url, config)
             session_factory = make_sessionmaker(make_engine(settings.db.url))
-            with session_factory() as session:
-                plan = load_span_plan(session, config_name=config)
             sources, policy, config_id = plan.sources, plan.policy, plan.config.id
             cache_ttl = plan.config.cache_ttl_seconds
         else:
-            sources = inline_sources(source, timeout=source_timeout, retries=retries,
-                                     calling_ae=calling_aet or settings.scp.calling_ae_title)
-            policy = SpanPolicy(query_timeout_seconds=30.0)
+            calling = _calling_ae(calling_aet or settings.scp.calling_ae_title)
+            sources = inline_sources(source, timeout=source_timeout, retries=retries, calling_ae=calling)
+            policy, session_factory, config_id, cache_ttl = SpanPolicy(query_timeout_seconds=30.0), None, None, 0
         policy = _override(policy, dedup, failure, timeout, min_success)
-    client = InProcessSpanClient(session_factory=session_factory)
-    try:
-        result = client.run(request, sources, policy, config_id=config_id, cache_ttl_seconds=cache_ttl,
-                            requester={"user": "cli", "ae_title": calling_aet})
-    finally:
-        client.close()
+        client = InProcessSpanClient(session_factory=session_factory)
+        try:
+            result = client.run(request, sources, policy, config_id=config_id, cache_ttl_seconds=cache_ttl,
+                                requester={"user": "cli", "ae_title": calling_aet})
+        finally:
+            client.close()
     if as_json:
         typer.echo(json.dumps(result_to_json(result), ensure_ascii=False, indent=2))
     else:
-        print_span(console, result, display_columns(key, identifier, query_level), limit=limit)
+        print_span(console, result, display_columns(key, request.identifier, request.level), limit=limit)
     raise typer.Exit(0 if result.status.succeeded else 1)
+
+
+def _request(level: str, model: str | None, keys: list[str]) -> SpanRequest:
+    """The span request from --level/--model/-k; ValueError names what is wrong."""
+    query_level = QueryLevel.parse(level)
+    info_model = InformationModel.parse(model) if model else (
+        InformationModel.PATIENT_ROOT if query_level is QueryLevel.PATIENT else InformationModel.STUDY_ROOT)
+    if not info_model.allows(query_level):
+        raise ValueError(f"level {query_level.value} is not part of the {info_model.value} model (PS3.4 C.6.2)")
+    identifier = build_identifier(keys, query_level, model=info_model)
+    return SpanRequest(level=query_level, identifier=identifier, model=info_model)
+
+
+def _calling_ae(value: str) -> str:
+    try:
+        return check_ae_title(value)
+    except ValueError as exc:
+        raise ValueError(f"--aet {value!r}: {exc}") from None
+
+
+def _load_plan(url: str, config: str):
+    """The named spanner config's sources and policy; a clear error on an unmigrated database."""
+    if not is_up_to_date(url):
+        raise ValueError(f"database {display_url(url)} has no current schema: run "
+                         "`axiom db upgrade` (or `axiom config apply FILE`, which also migrates)")
+    with make_sessionmaker(make_engine(url))() as session:
+        return load_span_plan(session, config_name=config)
 
 
 def register(app: typer.Typer) -> None:

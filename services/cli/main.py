@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import sys
+
 import typer
 
 from services.cli import apikey_cmd, config_cmd, demo_cmd, find_cmd, pacs_sim_cmd
+from shared.logging import configure_logging
 
 app = typer.Typer(
     name="axiom",
@@ -15,6 +19,12 @@ app = typer.Typer(
 )
 for module in (find_cmd, config_cmd, apikey_cmd, demo_cmd, pacs_sim_cmd):
     module.register(app)
+
+
+@app.callback()
+def logging_setup() -> None:
+    """JSON log lines go to stderr (stdout stays the command's output); LOG_LEVEL=INFO shows every span event."""
+    configure_logging("cli", level=os.environ.get("LOG_LEVEL", "WARNING"), stream=sys.stderr)
 
 
 def main() -> None:

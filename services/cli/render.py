@@ -6,6 +6,7 @@ from typing import Any, Iterable
 
 from pydicom import Dataset
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from shared.dicom.dicom_json import dataset_to_json
@@ -40,8 +41,8 @@ def _cell(ds: Dataset, keyword: str) -> str:
     if value is None or value == "":
         return ""
     if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
-        return "\\".join(str(v) for v in value)
-    return str(value)
+        return escape("\\".join(str(v) for v in value))
+    return escape(str(value))
 
 
 def matches_table(result: SpanResult, columns: Iterable[str], *, limit: int | None = None) -> Table:
@@ -53,7 +54,7 @@ def matches_table(result: SpanResult, columns: Iterable[str], *, limit: int | No
     table.add_column("Sources", style="cyan")
     shown = result.matches if limit is None else result.matches[:limit]
     for match in shown:
-        table.add_row(*(_cell(match.dataset, c) for c in columns), ", ".join(match.sources))
+        table.add_row(*(_cell(match.dataset, c) for c in columns), escape(", ".join(match.sources)))
     if limit is not None and len(result.matches) > limit:
         table.caption = f"{len(result.matches) - limit} more not shown (use --limit or --json)"
     return table
@@ -70,12 +71,12 @@ def sources_table(outcomes: Iterable[SourceOutcome]) -> Table:
         if outcome.truncated:
             detail = ("truncated; " + detail).rstrip("; ")
         table.add_row(
-            outcome.source,
+            escape(outcome.source),
             f"[{style}]{outcome.status.value}[/{style}]",
             str(outcome.match_count),
             f"{outcome.latency_ms:.0f}",
             str(outcome.retries),
-            detail,
+            escape(detail),
         )
     return table
 
@@ -87,5 +88,5 @@ def print_span(console: Console, result: SpanResult, columns: Iterable[str], *, 
     style = SPAN_STYLE.get(result.status.value, "")
     line = f"[{style}]{result.status.value}[/{style}] in {result.duration_ms:.0f} ms  query_id={result.query_id}"
     if result.error:
-        line += f"  ({result.error})"
+        line += f"  ({escape(result.error)})"
     console.print(line)

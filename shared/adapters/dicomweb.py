@@ -266,7 +266,7 @@ class QidoQueryPort:
             client = self._clients.get(verify)
             if client is None:
                 client = self._clients[verify] = httpx.Client(
-                    verify=verify, follow_redirects=True, transport=self._transport
+                    verify=verify, follow_redirects=False, transport=self._transport
                 )
             return client
 
@@ -374,9 +374,10 @@ class _Exchange:
 def _check_status(response: httpx.Response, body: bytes, url: httpx.URL) -> tuple[int, str | None, bytes]:
     status = response.status_code
     snippet = body[:300].decode("utf-8", "replace").strip().replace("\n", " ")
+    detail = f"HTTP {status} from {_safe(url)}" + (f": {snippet}" if snippet else "")
     if status in (408, 429) or status >= 500:
-        raise TransportError(f"HTTP {status} from {_safe(url)}: {snippet}")
-    if status >= 300:
-        raise QueryFailedError(f"HTTP {status} from {_safe(url)}: {snippet}")
+        raise TransportError(detail)
+    if status >= 300:  # redirects are not followed: a custom auth header must not travel to another host
+        raise QueryFailedError(detail)
     warning = response.headers.get("Warning")
     return status, warning, body

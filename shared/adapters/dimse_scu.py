@@ -1,8 +1,8 @@
 """QueryPort for DIMSE sources: C-FIND SCU on pynetdicom (PS3.4 C.4.1, PS3.7 9.1.2).
 
-One `DimseQueryPort` lives for one span and may be used from several threads at once (the engine queries sources
-in parallel). It owns one pynetdicom AE and a small pool of associations per source: the first `find` to a source
-opens an association, later finds in the same span reuse it, `close()` releases them all.
+One `DimseQueryPort` serves many spans (the span client keeps it for its life) and is used from several threads at
+once. It owns one pynetdicom AE and a small pool of associations per source: a `find` reuses an idle association or
+opens one; idle ones are released after `idle_seconds` (a reaper thread) and `close()` releases them all.
 
 Status handling (PS3.4 C.4.1.1.4, PS3.7 C): Pending 0xFF00/0xFF01 -> a match; Success -> done; Cancel 0xFE00 ->
 done; Warning (0xBxxx, 0x0001, 0x0107, ...) -> FindSummary(truncated=True); Failure (0xA700, 0xA900, 0xCxxx,
@@ -311,6 +311,8 @@ class _FindRun:
         self.reusable = False
         self._cancel_sent = threading.Event()
         self._timer: threading.Timer | None = None
+        self._state = threading.Lock()  # orders cancel/abort against the end of the run
+        self._finished = False  # once set, nothing may touch the association on this run's behalf
         self._sop_class = ""
         self._msg_id = 0
 
@@ -325,8 +327,10 @@ class _FindRun:
             # pynetdicom 3.0 yields an undecodable identifier from inside `with assoc.lock` (the AE-wide lock):
             # closing its generator releases that lock before anyone aborts the association, which needs it.
             responses.close()
-            if self._timer is not None:
-                self._timer.cancel()
+            with self._state:
+                self._finished = True
+                if self._timer is not None:
+                    self._timer.cancel()
 
     def _send(self, identifier: Dataset, sop_class: str, msg_id: int):
         if not self.assoc.is_established:
@@ -397,21 +401,29 @@ class _FindRun:
         threading.Thread(target=self._request_cancel, name=f"c-cancel-{self.source.name}", daemon=True).start()
 
     def _request_cancel(self) -> None:
-        """Send C-CANCEL (once) and abort if the peer has not finished within the grace period."""
-        if self._cancel_sent.is_set():
-            return
-        self._cancel_sent.set()
-        try:
-            self.assoc.send_c_cancel(self._msg_id, query_model=self._sop_class)
-        except Exception as exc:  # association already gone: the abort below still unblocks the reader
-            logger.debug("%s: C-CANCEL not sent: %s", self.source.name, exc)
-        self._timer = threading.Timer(self.port._grace, self._abort_and_wake)
-        self._timer.daemon = True
-        self._timer.start()
+        """Send C-CANCEL (once) and abort if the peer has not finished within the grace period.
+
+        Under `_state`, so a cancel that arrives after the run ended never reaches an association that is back in
+        the pool (and perhaps serving another span); the timer is armed before the send for the same reason.
+        """
+        with self._state:
+            if self._finished or self._cancel_sent.is_set():
+                return
+            self._cancel_sent.set()
+            self._timer = threading.Timer(self.port._grace, self._abort_and_wake)
+            self._timer.daemon = True
+            self._timer.start()
+            try:
+                self.assoc.send_c_cancel(self._msg_id, query_model=self._sop_class)
+            except Exception as exc:  # association already gone: the timer's abort still unblocks the reader
+                logger.debug("%s: C-CANCEL not sent: %s", self.source.name, exc)
 
     def _abort_and_wake(self) -> None:
+        with self._state:
+            if self._finished:  # the peer answered the C-CANCEL in time
+                return
+            self.reusable = False
         logger.info("%s: no final response %.1f s after C-CANCEL, aborting", self.source.name, self.port._grace)
-        self.reusable = False
         _abort_and_wake(self.assoc)
 
 

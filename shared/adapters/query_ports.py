@@ -47,7 +47,8 @@ class QueryPorts(Mapping[str, QueryPort]):
 
     def close(self) -> None:
         """Close every port built so far (each once, even when it serves several kinds)."""
-        ports, self._ports, self._shared = list(self._shared.values()), {}, {}
+        with self._lock:
+            ports, self._ports, self._shared = list(self._shared.values()), {}, {}
         for port in ports:
             try:
                 port.close()  # type: ignore[attr-defined]

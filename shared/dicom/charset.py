@@ -38,7 +38,6 @@ SPECIFIC_CHARACTER_SET_TAG = 0x00080005
 # VRs whose values use the Specific Character Set (PS3.5 6.1.2.3 / Table 6.2-1).
 CHARSET_VRS = frozenset({"SH", "LO", "ST", "LT", "UT", "UC", "PN"})
 # VRs where the backslash separates values (VM > 1), PS3.5 6.2.
-MULTI_VALUE_VRS = frozenset({"SH", "LO", "UC", "PN"})
 _ESCAPED_FRAGMENT = re.compile(b"(^[^\x1b]+|[\x1b][^\x1b]*)")
 FALLBACK_CODECS = ("utf-8", "latin_1")
 

@@ -7,7 +7,7 @@ reason, never a bare KeyError/TypeError from deep inside, so an adapter can repo
 from __future__ import annotations
 
 import json
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 from pydicom import Dataset
 
@@ -59,10 +59,6 @@ def dataset_to_json(ds: Dataset, *, bulk_data_threshold: int = 1024, bulk_data_u
         return ds.to_json_dict(bulk_data_threshold=10**9, bulk_data_element_handler=None)
     return ds.to_json_dict(bulk_data_threshold=bulk_data_threshold, bulk_data_element_handler=bulk_data_uri)
 
-
-def datasets_to_json(datasets: Iterable[Dataset]) -> list[dict]:
-    """Datasets -> a DICOM JSON array."""
-    return [dataset_to_json(ds) for ds in datasets]
 
 
 def _is_hex(text: str) -> bool:

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import copy
 import re
-from typing import Iterable
 
 from pydicom import Dataset
 from pydicom.dataelem import DataElement
@@ -120,15 +119,6 @@ def keep_response_keys(dataset: Dataset, allowed: frozenset[int]) -> Dataset:
         del dataset[tag]
     return dataset
 
-
-def filter_matches(
-    identifier: Dataset, candidates: Iterable[Dataset], *, pn_case_insensitive: bool = False
-) -> list[Dataset]:
-    """The candidates that match `identifier` (PS3.4 C.2.2.2), in their original order."""
-    return [c for c in candidates if matches(identifier, c, pn_case_insensitive=pn_case_insensitive)]
-
-
-# --- per element -----------------------------------------------------------------------------------------------
 
 
 def _element_matches(key: DataElement, stored: DataElement | None, pn_ci: bool) -> bool:

@@ -342,7 +342,7 @@ def _temporal_sides(vr: str, value: str) -> tuple[str, str] | None:
             low, high = value[:index], value[index + 1 :]
             if (not low or _DT_RE.match(low)) and (not high or _DT_RE.match(high)):
                 return low, high
-    return (value, value) if _DT_RE.match(value) else (value, value)
+    return value, value  # a single value (the caller validates it)
 
 
 def _valid_temporal(vr: str, value: str) -> bool:

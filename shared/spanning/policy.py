@@ -89,11 +89,6 @@ def backoff_delay(
     return delay
 
 
-def backoff_schedule(max_retries: int, base_seconds: float, *, cap_seconds: float = DEFAULT_BACKOFF_CAP_SECONDS) -> list[float]:
-    """The deterministic delays before each of `max_retries` retries."""
-    return [backoff_delay(n, base_seconds, cap_seconds=cap_seconds) for n in range(1, max_retries + 1)]
-
-
 def span_deadline(started_at: float, policy: SpanPolicy) -> float:
     """When the whole span must be over (clock seconds): start + query_timeout_seconds."""
     return started_at + policy.query_timeout_seconds

@@ -177,6 +177,15 @@ spanner_configs:
         assert [o["source"] for o in row.source_outcomes] == ["A", "B"]
 
 
+def test_cli_find_at_patient_level(two_orthancs, tmp_path):
+    a = two_orthancs.a
+    proc = run_cli("find", "--source", f"A=dimse://{a.aet}@127.0.0.1:{a.dicom_port}", "--level", "PATIENT",
+                   "-k", "PatientID=PAT00*", "-k", "PatientName", "--json", data_dir=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert sorted(m["00100020"]["Value"][0] for m in doc["matches"]) == ["PAT001", "PAT002", "PAT003"]
+
+
 @pytest.mark.parametrize("args, message", [
     (["-k", "PatientNme=X"], "PatientNme"),
     (["--level", "VOLUME"], "invalid query level 'VOLUME'"),

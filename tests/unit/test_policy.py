@@ -8,7 +8,7 @@ import pytest
 
 from shared.spanning.model import FailureStrategy, SourceOutcome, SourceStatus, SpanPolicy, SpanStatus
 from shared.spanning.policy import (
-    backoff_delay, backoff_schedule, seconds_left, should_stop_early, source_deadline, span_deadline, span_status,
+    backoff_delay, seconds_left, should_stop_early, source_deadline, span_deadline, span_status,
 )
 
 OK, FAILED, TIMEOUT, CANCELLED = SourceStatus.OK, SourceStatus.FAILED, SourceStatus.TIMEOUT, SourceStatus.CANCELLED
@@ -58,7 +58,7 @@ def test_best_effort_never_stops_early():
 
 
 def test_backoff_is_exponential_capped_and_deterministic():
-    assert backoff_schedule(5, 0.5, cap_seconds=3.0) == [0.5, 1.0, 2.0, 3.0, 3.0]
+    assert [backoff_delay(n, 0.5, cap_seconds=3.0) for n in range(1, 6)] == [0.5, 1.0, 2.0, 3.0, 3.0]
     assert backoff_delay(3, 1.0) == 4.0
     with pytest.raises(ValueError):
         backoff_delay(0, 1.0)

@@ -8,7 +8,7 @@ from shared.adapters.cache import MemoryCache
 from shared.adapters.query_ports import QueryPorts
 from shared.dicom.levels import QueryLevel
 from shared.span_client import InProcessSpanClient
-from shared.spanning.model import SourceSpec, SpanPolicy, SpanRequest, SpanStatus
+from shared.spanning.model import DedupStrategy, SourceSpec, SpanPolicy, SpanRequest, SpanStatus
 from tests.fakes.ports import Script, ScriptedPort, study
 
 
@@ -69,3 +69,33 @@ def test_a_different_question_is_not_answered_from_another_questions_cache():
     client.run(other, sources, SpanPolicy(), cache_ttl_seconds=60)
     assert len(port.calls) == 2
     client.close()
+
+
+def test_an_abandoned_stream_is_closed_in_the_query_log(tmp_path):
+    from shared.db.migrations import upgrade_to_head
+    from shared.db.repo.query_logs import get_query_log
+    from shared.db.session import make_engine, make_sessionmaker
+
+    url = f"sqlite:///{tmp_path / 'axiom.db'}"
+    upgrade_to_head(url)
+    factory = make_sessionmaker(make_engine(url))
+    port = ScriptedPort({"A": Script(matches=[study("1.2.3"), study("1.2.4")], per_match_delay=0.2)})
+    client = InProcessSpanClient(ports_factory=lambda: QueryPorts({"fake": lambda: port}), session_factory=factory)
+    span_request = request()
+    events = client.stream(span_request, [SourceSpec("A", "fake")], SpanPolicy(dedup_strategy=DedupStrategy.FIRST_WINS))
+    next(events)  # the first match streams out, then the caller walks away
+    events.close()
+    with factory() as session:
+        row = get_query_log(session, query_id=span_request.query_id)
+        assert row.status.value == "cancelled" and row.completed_at is not None
+    client.close()
+
+
+def test_the_cache_key_carries_no_secret():
+    from shared.connections import DicomwebAuth, DicomwebConnection
+    from shared.span_client import span_cache_key
+
+    connection = DicomwebConnection(base_url="https://pacs.example/dicom-web",
+                                    auth=DicomwebAuth(type="basic", username="u", password="s3cr3t-pw"))
+    key = span_cache_key(request(), [SourceSpec("W", "dicomweb", connection)], SpanPolicy())
+    assert "s3cr3t-pw" not in key and key.startswith("span:")

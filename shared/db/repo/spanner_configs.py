@@ -59,11 +59,6 @@ def get_spanner_config(session: Session, *, id: int | None = None, name: str | N
     return session.scalar(select(SpannerConfig).where(SpannerConfig.name == name))
 
 
-def get_spanner_config_by_ae_title(session: Session, *, ae_title: str) -> SpannerConfig | None:
-    """The spanner config the SCP answers as `ae_title` (its scp_ae_title), or None."""
-    return session.scalar(select(SpannerConfig).where(SpannerConfig.scp_ae_title == ae_title.strip()))
-
-
 def list_spanner_configs(session: Session, *, enabled_only: bool = False) -> list[SpannerConfig]:
     """All spanner configs by name, with their mappings loaded."""
     query = select(SpannerConfig).options(selectinload(SpannerConfig.mappings)).order_by(SpannerConfig.name)
