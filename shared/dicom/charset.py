@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import Sequence
+from typing import Iterator, Sequence
 
 from pydicom import Dataset
 from pydicom.charset import CODES_TO_ENCODINGS, ESC, handled_encodings, python_encoding
@@ -193,14 +193,24 @@ def _is_utf8(raw: bytes) -> bool:
 
 def has_non_ascii_text(ds: Dataset) -> bool:
     """True when any text value of `ds`, including PN and nested sequence items, is outside ASCII."""
-    for element in ds:
-        if element.VR == "SQ":
+    for element in ds.values():  # storage order: no per-call sort, unlike iterating the Dataset
+        if not isinstance(element, DataElement):
+            element = ds[element.tag]
+        vr = element.VR
+        if vr == "SQ":
             if any(has_non_ascii_text(item) for item in element.value):
                 return True
-        elif element.VR in CHARSET_VRS and element.tag != SPECIFIC_CHARACTER_SET_TAG:
-            if not _text_of(element.value).isascii():
+        elif vr in CHARSET_VRS:  # (0008,0005) itself is CS: never among them
+            value = element.value
+            if not (value.isascii() if isinstance(value, str) else _text_of(value).isascii()):
                 return True
     return False
+
+
+def _elements(ds: Dataset) -> Iterator[DataElement]:
+    """The elements of `ds` in storage order (no per-call sort, unlike iterating the Dataset), raw ones converted."""
+    for element in ds.values():
+        yield element if isinstance(element, DataElement) else ds[element.tag]
 
 
 def _text_of(value: object) -> str:
@@ -227,7 +237,7 @@ def normalize_output_charset(ds: Dataset) -> Dataset:
 
 
 def _drop_nested_charsets(ds: Dataset) -> None:
-    for element in ds:
+    for element in _elements(ds):
         if element.VR == "SQ":
             for item in element.value:
                 if SPECIFIC_CHARACTER_SET_TAG in item:
