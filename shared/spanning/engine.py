@@ -18,8 +18,8 @@ Rules:
   truth). Match events: FIRST_WINS as each new key arrives, otherwise all at the end (also for failed/cancelled
   spans; callers decide by status). An `ok` outcome with a FindSummary warning reports it in `error` as
   "warning: ...". Each answer is first cut down to the requested keys (PS3.4 C.4.1.2.3; see
-  shared.dicom.matching.response_tags), so an archive that returns unrequested attributes (QIDO-RS defaults)
-  neither looks more complete to MOST_COMPLETE nor leaks attributes into the merged answer.
+  shared.dicom.matching.response_tags) by its source's worker, so an archive that returns unrequested attributes
+  (QIDO-RS defaults) neither looks more complete to MOST_COMPLETE nor leaks attributes into the merged answer.
 * **Identifier per source** — a copy of the request identifier with `SourceSpec.additional_filters` applied
   (DICOM keywords → values); an unknown keyword fails that source only.
 """
@@ -34,7 +34,7 @@ from typing import Callable, Iterator, Mapping, Sequence
 from pydicom.datadict import tag_for_keyword
 
 from shared.dicom.charset import normalize_output_charset
-from shared.dicom.matching import keep_response_keys, response_tags
+from shared.dicom.matching import response_tags
 from shared.spanning import policy as rules
 from shared.spanning.merge import Merger, copy_dataset
 from shared.spanning.model import (
@@ -171,7 +171,7 @@ class _Span:
         except ValueError as exc:
             return str(exc)
         run = _Run(spec, CancelToken(), self.deadline)
-        job = SourceJob(request, spec, port, run.token, self.clock)
+        job = SourceJob(request, spec, port, run.token, self.clock, self.response_tags)
         self.running[spec.name] = run
         try:
             self.executor.submit(run_source, job, self.events.put)
@@ -197,7 +197,7 @@ class _Span:
         if run is None:  # a source the engine already closed: ignore its late reports
             return
         if isinstance(event, Received):
-            match = self.merger.add(event.source, keep_response_keys(event.dataset, self.response_tags))
+            match = self.merger.add(event.source, event.dataset)
             if match is not None:
                 yield match
         elif isinstance(event, Started):

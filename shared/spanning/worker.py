@@ -13,6 +13,7 @@ from typing import Callable
 
 from pydicom import Dataset
 
+from shared.dicom.matching import keep_response_keys
 from shared.spanning.model import FindSummary, SourceSpec, SpanRequest
 from shared.spanning.policy import backoff_delay
 from shared.spanning.ports import CancelToken, QueryFailedError, QueryPort, TransportError
@@ -74,6 +75,7 @@ class SourceJob:
     port: QueryPort
     token: CancelToken
     clock: Callable[[], float]
+    response_tags: frozenset[int] | None = None  # answers are cut to these (PS3.4 C.4.1.2.3) before they are emitted
 
 
 def run_source(job: SourceJob, emit: Callable[[Event], None]) -> None:
@@ -123,6 +125,8 @@ def _consume(job: SourceJob, emit: Callable[[Event], None]) -> tuple[FindSummary
                 job.token.cancel()  # adapters hook C-CANCEL / connection close on the token
                 return None, True
             count += 1
+            if job.response_tags is not None:  # per-source work: done here, not on the engine's consuming thread
+                keep_response_keys(dataset, job.response_tags)
             emit(Received(job.source.name, dataset))
         return None, False
     finally:
