@@ -20,6 +20,7 @@ from shared.config import get_settings
 from shared.db.migrations import current_revision, downgrade_to_base, head_revision, upgrade_to_head
 from shared.db.session import make_engine, make_sessionmaker, session_scope
 from shared.provisioning import apply_config_yaml, export_config
+from shared.provisioning.yaml_source import load_located_yaml
 
 console = Console()
 config_app = typer.Typer(help="Declare sources and spanner configs in a YAML file, and show them.",
@@ -44,6 +45,10 @@ def apply(
     url = get_settings().db.url
     with user_errors(url):
         text = file.read_text(encoding="utf-8")
+        try:
+            load_located_yaml(text)  # a file that is not even YAML must not migrate the database first
+        except ValueError as exc:
+            raise ValueError(f"{file}: {exc}") from None
         migrate_if_needed(url)
         factory = make_sessionmaker(make_engine(url))
         with session_scope(factory) as session:

@@ -262,8 +262,9 @@ class _Span:
         matches = tuple(self.merger.matches())
         if self.policy.dedup_strategy is not DedupStrategy.FIRST_WINS:
             yield from matches
+        raw_count = sum(self.merger.contributed(spec.name) for spec in self.sources)  # a retry's repeats count once
         yield SpanResult(query_id=self.request.query_id, status=status, matches=matches, outcomes=outcomes,
-                         raw_count=self.merger.raw_count, duration_ms=(self.clock() - self.started) * 1000.0,
+                         raw_count=raw_count, duration_ms=(self.clock() - self.started) * 1000.0,
                          error=self._error_text(status, outcomes))
 
     def _error_text(self, status, outcomes: Sequence[SourceOutcome]) -> str | None:

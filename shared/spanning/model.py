@@ -148,7 +148,11 @@ class Match:
 
 @dataclass(frozen=True)
 class SpanResult:
-    """The answer of a span: merged matches, every source's outcome and the counts."""
+    """The answer of a span: merged matches, every source's outcome and the counts.
+
+    `raw_count` is the matches received before deduplication, each source's distinct keys counted once (what a
+    source sends again after a retry is not counted twice).
+    """
 
     query_id: str
     status: SpanStatus

@@ -270,3 +270,24 @@ def test_unrequested_attributes_are_dropped_before_merging():
         (match,) = result.matches
         assert match.dataset.StudyDescription == "XR HAND" and match.dataset.AccessionNumber == "A7", strategy
         assert "InstitutionName" not in match.dataset and "StudyTime" not in match.dataset
+
+
+def test_a_retry_after_partial_answers_does_not_count_them_twice():
+    class DropsOnce(ScriptedPort):
+        def find(self, request, source, cancel):
+            first_attempt = not self.calls_for(source.name)
+            stream = super().find(request, source, cancel)
+            yield next(stream)
+            if first_attempt:
+                from shared.spanning.ports import TransportError
+                raise TransportError("connection reset mid-answer")
+            yield from stream
+
+    port = DropsOnce({"A": Script(matches=[study("1.1"), study("1.2")])})
+    identifier = Dataset()
+    identifier.StudyInstanceUID = ""
+    result = run_span(SpanRequest(level=QueryLevel.STUDY, identifier=identifier),
+                      [SourceSpec("A", "fake", max_retries=1, retry_backoff_seconds=0.01)],
+                      ports={"fake": port}, executor=ThreadExecutor(), policy=SpanPolicy())
+    assert result.outcomes[0].retries == 1 and result.outcomes[0].match_count == 2
+    assert result.raw_count == 2 and len(result.matches) == 2
