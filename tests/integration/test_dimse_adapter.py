@@ -84,20 +84,20 @@ def test_association_is_reused_across_finds(two_orthancs, port) -> None:
     request = SpanRequest(QueryLevel.STUDY, ident(StudyInstanceUID=""))
     src = source(two_orthancs.a)
     drain(port.find(request, src, CancelToken()))
-    first = set(port._open)
+    first = set(port._pool._open)
     drain(port.find(request, src, CancelToken()))
-    assert set(port._open) == first and port.open_associations == 1
+    assert set(port._pool._open) == first and port.open_associations == 1
 
 
 def test_reconnects_once_when_the_idle_association_was_closed(two_orthancs, port) -> None:
     request = SpanRequest(QueryLevel.STUDY, ident(StudyInstanceUID=""))
     src = source(two_orthancs.a)
     drain(port.find(request, src, CancelToken()))
-    (old,) = port._open
+    (old,) = port._pool._open
     old.abort()  # as if the peer had dropped the idle association
     found, _ = drain(port.find(request, src, CancelToken()))
     assert len(found) == len(ARCHIVE_A)
-    assert old not in port._open and port.open_associations == 1
+    assert old not in port._pool._open and port.open_associations == 1
 
 
 def test_an_association_idle_too_long_is_released_not_reused(two_orthancs) -> None:
@@ -105,11 +105,11 @@ def test_an_association_idle_too_long_is_released_not_reused(two_orthancs) -> No
     src = source(two_orthancs.a)
     with DimseQueryPort(idle_seconds=0.2) as short_idle:
         drain(short_idle.find(request, src, CancelToken()))
-        (old,) = short_idle._open
+        (old,) = short_idle._pool._open
         time.sleep(0.3)
         found, _ = drain(short_idle.find(request, src, CancelToken()))
         assert len(found) == len(ARCHIVE_A)
-        (new,) = short_idle._open
+        (new,) = short_idle._pool._open
         assert new is not old
         deadline = time.monotonic() + 5
         while old.is_established and time.monotonic() < deadline:  # released in the background
@@ -121,7 +121,7 @@ def test_idle_associations_are_released_even_when_no_find_comes_back(two_orthanc
     request = SpanRequest(QueryLevel.STUDY, ident(StudyInstanceUID=""))
     with DimseQueryPort(idle_seconds=0.3) as port:
         drain(port.find(request, source(two_orthancs.a), CancelToken()))
-        (parked,) = port._open
+        (parked,) = port._pool._open
         deadline = time.monotonic() + 5
         while (port.open_associations or parked.is_established) and time.monotonic() < deadline:
             time.sleep(0.05)
