@@ -23,8 +23,9 @@ for module in (find_cmd, config_cmd, apikey_cmd, demo_cmd, pacs_sim_cmd):
 
 @app.callback()
 def logging_setup() -> None:
-    """JSON log lines go to stderr (stdout stays the command's output); LOG_LEVEL=INFO shows every span event."""
-    configure_logging("cli", level=os.environ.get("LOG_LEVEL", "WARNING"), stream=sys.stderr)
+    """JSON log lines go to stderr (stdout stays the command's output). Default ERROR: the command's own tables
+    already show each source's status; LOG_LEVEL=WARNING adds source_query_failed, INFO every span event."""
+    configure_logging("cli", level=os.environ.get("LOG_LEVEL", "ERROR"), stream=sys.stderr)
 
 
 def main() -> None:
