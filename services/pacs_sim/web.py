@@ -137,105 +137,108 @@ def _to_json(ds: Dataset) -> dict:
     return dataset_to_json(ds)
 
 
-def make_handler(service: DicomWebService) -> type[BaseHTTPRequestHandler]:
-    """A request handler class bound to `service` (the stdlib server builds one handler per request)."""
+class PacsSimHandler(BaseHTTPRequestHandler):
+    """QIDO-RS / WADO-RS / metadata over the stdlib HTTP server, for the `service` bound by make_handler()."""
 
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-        server_version = "AxiomPacsSim/1.0"
+    service: DicomWebService
+    protocol_version = "HTTP/1.1"
+    server_version = "AxiomPacsSim/1.0"
 
-        def log_message(self, format: str, *args: Any) -> None:  # quiet: tests and benchmarks
+    def log_message(self, format: str, *args: Any) -> None:  # quiet: tests and benchmarks
+        return
+
+    def do_GET(self) -> None:
+        url = urlsplit(self.path)
+        if not url.path.startswith(self.service.root + "/"):
+            return self._send(404, b"not found", "text/plain")
+        segments = [s for s in url.path[len(self.service.root):].split("/") if s]
+        if not self._pass_faults():
             return
+        try:
+            if segments and segments[-1] == "metadata":
+                self._metadata(segments[:-1])
+            elif _is_wado(segments):
+                self._wado(segments)
+            else:
+                self._qido(segments, parse_qsl(url.query, keep_blank_values=True))
+        except HttpError as exc:
+            self._send(exc.status, json.dumps({"error": str(exc)}).encode(), "application/json")
+        except Exception as exc:  # a simulator bug must still answer, not drop the connection
+            self._send(500, json.dumps({"error": repr(exc)}).encode(), "application/json")
 
-        def do_GET(self) -> None:
-            url = urlsplit(self.path)
-            if not url.path.startswith(service.root + "/"):
-                return self._send(404, b"not found", "text/plain")
-            segments = [s for s in url.path[len(service.root):].split("/") if s]
-            if not self._pass_faults():
-                return
-            try:
-                if segments and segments[-1] == "metadata":
-                    self._metadata(segments[:-1])
-                elif _is_wado(segments):
-                    self._wado(segments)
-                else:
-                    self._qido(segments, parse_qsl(url.query, keep_blank_values=True))
-            except HttpError as exc:
-                self._send(exc.status, json.dumps({"error": str(exc)}).encode(), "application/json")
-            except Exception as exc:  # a simulator bug must still answer, not drop the connection
-                self._send(500, json.dumps({"error": repr(exc)}).encode(), "application/json")
+    def _pass_faults(self) -> bool:
+        injector = self.service.injector
+        decision = injector.decide()
+        if not injector.delay(self._client_gone):
+            return self._drop()
+        if decision.abort:
+            return self._drop()
+        if decision.fail:
+            self._send(500, b'{"error": "simulated failure"}', "application/json")
+            return False
+        if injector.faults.hang:
+            injector.hang(self._client_gone)
+            return self._drop()
+        return True
 
-        def _pass_faults(self) -> bool:
-            injector = service.injector
-            decision = injector.decide()
-            if not injector.delay(self._client_gone):
-                return self._drop()
-            if decision.abort:
-                return self._drop()
-            if decision.fail:
-                self._send(500, b'{"error": "simulated failure"}', "application/json")
-                return False
-            if injector.faults.hang:
-                injector.hang(self._client_gone)
-                return self._drop()
+    def _qido(self, segments: list[str], params: list[tuple[str, str]]) -> None:
+        answers, capped = self.service.qido(segments, params)
+        headers = {}
+        if capped:
+            headers["Warning"] = QIDO_TRUNCATION_WARNING.format(host=self.headers.get("Host", "pacs-sim"))
+        if self.service.injector.faults.malformed:
+            return self._send(200, json.dumps(answers or [{}])[:-7].encode(), DICOM_JSON, headers)
+        if not answers and self.service.empty_status == 204:
+            return self._send(204, b"", None, headers)
+        self._send(200, json.dumps(answers).encode(), DICOM_JSON, headers)
+
+    def _metadata(self, segments: list[str]) -> None:
+        body = json.dumps([_to_json(ds) for ds in self.service.instances_for(segments)]).encode()
+        if self.service.injector.faults.malformed:
+            body = body[: len(body) // 2]
+        self._send(200, body, DICOM_JSON)
+
+    def _wado(self, segments: list[str]) -> None:
+        boundary = uuid.uuid4().hex
+        parts = []
+        for ds in self.service.instances_for(segments):
+            buffer = BytesIO()
+            ds.save_as(buffer, enforce_file_format=True)
+            parts.append(b"--" + boundary.encode() + b"\r\nContent-Type: application/dicom\r\n\r\n"
+                         + buffer.getvalue() + b"\r\n")
+        body = b"".join(parts) + b"--" + boundary.encode() + b"--\r\n"
+        self._send(200, body, f'multipart/related; type="application/dicom"; boundary={boundary}')
+
+    def _send(self, status: int, body: bytes, content_type: str | None, headers: dict | None = None) -> None:
+        self.send_response(status)
+        if content_type:
+            self.send_header("Content-Type", content_type)
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _drop(self) -> bool:
+        """Close the connection without any response (the 'abort' failure mode, or after a hang)."""
+        self.close_connection = True
+        try:
+            self.connection.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        return False
+
+    def _client_gone(self) -> bool:
+        try:
+            readable, _, _ = select.select([self.connection], [], [], 0)
+            return bool(readable) and self.connection.recv(1, socket.MSG_PEEK) == b""
+        except OSError:
             return True
 
-        def _qido(self, segments: list[str], params: list[tuple[str, str]]) -> None:
-            answers, capped = service.qido(segments, params)
-            headers = {}
-            if capped:
-                headers["Warning"] = QIDO_TRUNCATION_WARNING.format(host=self.headers.get("Host", "pacs-sim"))
-            if service.injector.faults.malformed:
-                return self._send(200, json.dumps(answers or [{}])[:-7].encode(), DICOM_JSON, headers)
-            if not answers and service.empty_status == 204:
-                return self._send(204, b"", None, headers)
-            self._send(200, json.dumps(answers).encode(), DICOM_JSON, headers)
 
-        def _metadata(self, segments: list[str]) -> None:
-            body = json.dumps([_to_json(ds) for ds in service.instances_for(segments)]).encode()
-            if service.injector.faults.malformed:
-                body = body[: len(body) // 2]
-            self._send(200, body, DICOM_JSON)
-
-        def _wado(self, segments: list[str]) -> None:
-            boundary = uuid.uuid4().hex
-            parts = []
-            for ds in service.instances_for(segments):
-                buffer = BytesIO()
-                ds.save_as(buffer, enforce_file_format=True)
-                parts.append(b"--" + boundary.encode() + b"\r\nContent-Type: application/dicom\r\n\r\n"
-                             + buffer.getvalue() + b"\r\n")
-            body = b"".join(parts) + b"--" + boundary.encode() + b"--\r\n"
-            self._send(200, body, f'multipart/related; type="application/dicom"; boundary={boundary}')
-
-        def _send(self, status: int, body: bytes, content_type: str | None, headers: dict | None = None) -> None:
-            self.send_response(status)
-            if content_type:
-                self.send_header("Content-Type", content_type)
-            for name, value in (headers or {}).items():
-                self.send_header(name, value)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def _drop(self) -> bool:
-            """Close the connection without any response (the 'abort' failure mode, or after a hang)."""
-            self.close_connection = True
-            try:
-                self.connection.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            return False
-
-        def _client_gone(self) -> bool:
-            try:
-                readable, _, _ = select.select([self.connection], [], [], 0)
-                return bool(readable) and self.connection.recv(1, socket.MSG_PEEK) == b""
-            except OSError:
-                return True
-
-    return Handler
+def make_handler(service: DicomWebService) -> type[BaseHTTPRequestHandler]:
+    """A request handler class bound to `service` (the stdlib server builds one handler per request)."""
+    return type("BoundPacsSimHandler", (PacsSimHandler,), {"service": service})
 
 
 def _is_wado(segments: list[str]) -> bool:
