@@ -5,7 +5,8 @@ query ports for its life, so DIMSE associations and HTTP connections are reused 
 mode swaps in a client that goes through the coordinator; callers don't change. When given a session factory, every
 span is written to `spanner_query_logs`. With `cache_ttl_seconds` (a spanner config's setting) a completed span's
 result is kept in the client's cache and an identical query within the TTL is answered from it (partial or failed
-spans are never cached: a fresh query may do better).
+spans are never cached: a fresh query may do better). Each source's health is kept in the same cache: an archive that
+failed `failure_threshold` spans in a row is skipped (reported `skipped`) for the cool-down (shared.spanning.health).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import time
 from contextlib import contextmanager
 from dataclasses import replace
 from typing import Callable, Iterator, Sequence
@@ -24,6 +26,7 @@ from shared.db.repo.query_logs import finish_query_log, start_query_log
 from shared.dicom.dicom_json import dataset_to_json
 from shared.logging import log_event
 from shared.spanning.engine import stream_span
+from shared.spanning.health import BreakerPolicy, SourceHealth, record_outcome, skip_reason
 from shared.spanning.model import SourceSpec, SourceStatus, SpanPolicy, SpanRequest, SpanResult, SpanStatus
 from shared.spanning.ports import CancelToken
 
@@ -40,9 +43,12 @@ class InProcessSpanClient:
         ports_factory: Callable[[], QueryPorts] = build_query_ports,
         session_factory: Callable | None = None,
         cache: Cache | None = None,
+        breaker: BreakerPolicy = BreakerPolicy(),
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self._executor = executor or ThreadExecutor()
         self._cache = cache if cache is not None else MemoryCache()
+        self._breaker, self._wall_clock = breaker, wall_clock
         self._ports = ports_factory()
         self._session_factory = session_factory
 
@@ -85,12 +91,30 @@ class InProcessSpanClient:
     ) -> Iterator[object]:
         """Yield the engine's events (matches as soon as final, source outcomes, then the SpanResult)."""
         with self._logged(request, config_id, requester) as finish:
-            for event in stream_span(
-                request, sources, ports=self._ports, executor=self._executor, policy=policy, cancel=cancel
-            ):
+            skip = self._open_breakers(sources)
+            for event in stream_span(request, sources, ports=self._ports, executor=self._executor, policy=policy,
+                                     cancel=cancel, skip=skip):
                 if isinstance(event, SpanResult):
+                    self._record_health(sources, event)
                     finish(event)
                 yield event
+
+    def source_health(self, source: SourceSpec) -> SourceHealth:
+        """What the spans so far said about `source` (consecutive failures, breaker, last latency)."""
+        return SourceHealth.from_dict(self._cache.get(_health_key(source)))
+
+    def _open_breakers(self, sources: Sequence[SourceSpec]) -> dict[str, str]:
+        now = self._wall_clock()
+        reasons = {source.name: skip_reason(self.source_health(source), now) for source in sources}
+        return {name: reason for name, reason in reasons.items() if reason is not None}
+
+    def _record_health(self, sources: Sequence[SourceSpec], result: SpanResult) -> None:
+        by_name, now = {source.name: source for source in sources}, self._wall_clock()
+        keep_seconds = max(3600.0, self._breaker.cooldown_seconds * 10)
+        for outcome in result.outcomes:
+            source = by_name[outcome.source]
+            health = record_outcome(self.source_health(source), outcome, self._breaker, now)
+            self._cache.set(_health_key(source), health.as_dict(), keep_seconds)
 
     def close(self) -> None:
         """Release pooled associations and connections, and stop the executor."""
@@ -156,6 +180,10 @@ def span_cache_key(request: SpanRequest, sources: Sequence[SourceSpec], policy: 
     rules = (policy.failure_strategy.value, policy.dedup_strategy.value, policy.minimum_success_threshold)
     text = json.dumps([request.query_type, request.level.value, request.model.value, keys, where, rules], default=str)
     return "span:" + hashlib.sha256(text.encode()).hexdigest()
+
+
+def _health_key(source: SourceSpec) -> str:
+    return f"health:{source.name}:{_fingerprint(source.connection)[:16]}"
 
 
 def _fingerprint(connection: object) -> str:

@@ -67,11 +67,12 @@ def run_span(
     policy: SpanPolicy,
     cancel: CancelToken | None = None,
     clock: Callable[[], float] = time.monotonic,
+    skip: Mapping[str, str] | None = None,
 ) -> SpanResult:
     """Run a span to its end and return the SpanResult (consumes `stream_span`; see the module doc for rules)."""
     result: SpanResult | None = None
     for event in stream_span(request, sources, ports=ports, executor=executor, policy=policy, cancel=cancel,
-                             clock=clock):
+                             clock=clock, skip=skip):
         if isinstance(event, SpanResult):
             result = event
     assert result is not None
@@ -87,21 +88,23 @@ def stream_span(
     policy: SpanPolicy,
     cancel: CancelToken | None = None,
     clock: Callable[[], float] = time.monotonic,
+    skip: Mapping[str, str] | None = None,
 ) -> Iterator[SpanEvent]:
     """Run a span, yielding Match events (when final), SourceOutcome events (as sources finish), then the SpanResult.
 
     Closing the iterator early cancels every outstanding source. ValueError on duplicate source names.
+    `skip` names sources not to query (source -> reason, e.g. an open circuit breaker): they are reported `skipped`.
     """
     names = [spec.name for spec in sources]
     if len(set(names)) != len(names):
         raise ValueError(f"source names must be unique: {names}")
-    return _Span(request, sources, ports, executor, policy, cancel or CancelToken(), clock).run()
+    return _Span(request, sources, ports, executor, policy, cancel or CancelToken(), clock, skip or {}).run()
 
 
 class _Span:
     """The consuming side of one span. Every method runs on the caller's thread."""
 
-    def __init__(self, request, sources, ports, executor, policy, cancel, clock) -> None:
+    def __init__(self, request, sources, ports, executor, policy, cancel, clock, skip) -> None:
         self.request, self.sources, self.ports, self.executor = request, list(sources), ports, executor
         self.policy, self.cancel, self.clock = policy, cancel, clock
         self.started = clock()
@@ -115,10 +118,12 @@ class _Span:
         self.outcomes: dict[str, SourceOutcome] = {}
         self.stop_reason: str | None = None
         self.caller_cancelled = False
+        self.skip: Mapping[str, str] = skip
 
     def run(self) -> Iterator[SpanEvent]:
         unhook = self.cancel.on_cancel(lambda: self.events.put(_WAKE))
         try:
+            yield from self._skip_sources()
             yield from self._launch()
             while self._outstanding() and not self.cancel.cancelled and self.stop_reason is None:
                 yield from self._step()
@@ -133,6 +138,12 @@ class _Span:
             unhook()
             for run in self.running.values():  # only when the consumer closed the stream early
                 run.token.cancel()
+
+    def _skip_sources(self) -> Iterator[SpanEvent]:
+        """Report the sources the caller asked to skip as `skipped`, without querying them."""
+        for spec in [spec for spec in self.pending if spec.name in self.skip]:
+            self.pending.remove(spec)
+            yield self._close(spec, SourceStatus.SKIPPED, self.skip[spec.name])
 
     def _outstanding(self) -> int:
         return len(self.running) + len(self.pending)
@@ -243,7 +254,8 @@ class _Span:
         while self.pending:
             yield self._close(self.pending.popleft(), status, pending_error or error)
 
-    def _close(self, spec: SourceSpec, status: SourceStatus, error: str | None, truncated: bool = False) -> SourceOutcome:
+    def _close(self, spec: SourceSpec, status: SourceStatus, error: str | None,
+               truncated: bool = False) -> SourceOutcome:
         """Record a source's final outcome; cancels its token if it was running."""
         run = self.running.pop(spec.name, None)
         if run is not None and status is not SourceStatus.OK:

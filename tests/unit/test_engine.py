@@ -291,3 +291,15 @@ def test_a_retry_after_partial_answers_does_not_count_them_twice():
                       ports={"fake": port}, executor=ThreadExecutor(), policy=SpanPolicy())
     assert result.outcomes[0].retries == 1 and result.outcomes[0].match_count == 2
     assert result.raw_count == 2 and len(result.matches) == 2
+
+
+def test_skipped_sources_are_reported_and_never_queried():
+    port = ScriptedPort({"A": Script(matches=[study("1.1")]), "B": Script(matches=[study("1.2")])})
+    identifier = Dataset()
+    identifier.StudyInstanceUID = ""
+    result = run_span(SpanRequest(level=QueryLevel.STUDY, identifier=identifier),
+                      [SourceSpec("A", "fake"), SourceSpec("B", "fake")], ports={"fake": port},
+                      executor=ThreadExecutor(), policy=SpanPolicy(), skip={"B": "circuit open"})
+    assert [(o.source, o.status, o.error) for o in result.outcomes] == [
+        ("A", SourceStatus.OK, None), ("B", SourceStatus.SKIPPED, "circuit open")]
+    assert result.status is SpanStatus.PARTIAL and not port.calls_for("B")

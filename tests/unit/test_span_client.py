@@ -99,3 +99,28 @@ def test_the_cache_key_carries_no_secret():
                                     auth=DicomwebAuth(type="basic", username="u", password="s3cr3t-pw"))
     key = span_cache_key(request(), [SourceSpec("W", "dicomweb", connection)], SpanPolicy())
     assert "s3cr3t-pw" not in key and key.startswith("span:")
+
+
+def test_an_archive_failing_spans_in_a_row_is_skipped_for_the_cool_down_then_tried_again():
+    from shared.spanning.health import BreakerPolicy
+    from shared.spanning.model import SourceStatus
+
+    clock = Clock()
+    port = ScriptedPort({"UP": Script(matches=[study("1.2.3")]), "DOWN": Script(query_failure="0xC000")})
+    client = InProcessSpanClient(ports_factory=lambda: QueryPorts({"fake": lambda: port}), cache=MemoryCache(),
+                                 breaker=BreakerPolicy(failure_threshold=2, cooldown_seconds=30), wall_clock=clock)
+    sources = [SourceSpec("UP", "fake"), SourceSpec("DOWN", "fake")]
+
+    def down_outcome():
+        return {o.source: o for o in client.run(request(), sources, SpanPolicy()).outcomes}["DOWN"]
+
+    assert down_outcome().status is SourceStatus.FAILED
+    assert down_outcome().status is SourceStatus.FAILED  # second failure in a row: the breaker opens
+    skipped = down_outcome()
+    assert skipped.status is SourceStatus.SKIPPED and "circuit open after 2 consecutive failures" in skipped.error
+    assert len(port.calls_for("DOWN")) == 2  # not asked while open
+    clock.now += 31  # cool-down over: tried again, fails, and the breaker re-opens at once
+    assert down_outcome().status is SourceStatus.FAILED and len(port.calls_for("DOWN")) == 3
+    assert down_outcome().status is SourceStatus.SKIPPED
+    assert client.source_health(sources[0]).consecutive_failures == 0
+    client.close()
