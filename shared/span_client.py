@@ -17,7 +17,7 @@ import logging
 import time
 from contextlib import contextmanager
 from dataclasses import replace
-from typing import Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from shared.adapters.cache import Cache, MemoryCache
 from shared.adapters.executor import ThreadExecutor
@@ -25,6 +25,7 @@ from shared.adapters.query_ports import QueryPorts, build_query_ports
 from shared.db.repo.query_logs import finish_query_log, start_query_log
 from shared.dicom.dicom_json import dataset_to_json
 from shared.logging import log_event
+from shared.spanning.codec import result_from_dict, result_to_dict
 from shared.spanning.engine import stream_span
 from shared.spanning.health import BreakerPolicy, SourceHealth, record_outcome, skip_reason
 from shared.spanning.model import SourceSpec, SourceStatus, SpanPolicy, SpanRequest, SpanResult, SpanStatus
@@ -64,19 +65,19 @@ class InProcessSpanClient:
         cache_ttl_seconds: float = 0,
     ) -> SpanResult:
         """Run one span to completion and return its result (the last event of `stream`), or the cached result of
-        the same query on the same sources when `cache_ttl_seconds` > 0 (its datasets are shared with the cache:
-        treat them as read-only)."""
+        the same query on the same sources when `cache_ttl_seconds` > 0 (stored as plain data through
+        shared.spanning.codec, so the cache may be shared: Redis in the distributed mode)."""
         key = span_cache_key(request, sources, policy) if cache_ttl_seconds > 0 else None
-        cached = self._cache.get(key) if key else None
+        cached = self._cache_get(key) if key else None
         if cached is not None:
-            result = replace(cached, query_id=request.query_id, duration_ms=0.0)
+            result = replace(result_from_dict(cached), query_id=request.query_id, duration_ms=0.0)
             with self._logged(request, config_id, requester, cache_hit=True) as finish:
                 finish(result)
             return result
         for event in self.stream(request, sources, policy, cancel=cancel, config_id=config_id, requester=requester):
             result = event
         if key and result.status is SpanStatus.COMPLETED:
-            self._cache.set(key, result, cache_ttl_seconds)
+            self._cache_set(key, result_to_dict(result), cache_ttl_seconds)
         return result
 
     def stream(
@@ -101,7 +102,21 @@ class InProcessSpanClient:
 
     def source_health(self, source: SourceSpec) -> SourceHealth:
         """What the spans so far said about `source` (consecutive failures, breaker, last latency)."""
-        return SourceHealth.from_dict(self._cache.get(_health_key(source)))
+        return SourceHealth.from_dict(self._cache_get(_health_key(source)))
+
+    def _cache_get(self, key: str) -> Any:
+        """The cache is an optimisation: when it is unreachable (Redis down), spans go on without it."""
+        try:
+            return self._cache.get(key)
+        except Exception as exc:
+            log_event(logger, "cache_unavailable", logging.WARNING, operation="get", error=str(exc))
+            return None
+
+    def _cache_set(self, key: str, value: Any, ttl_seconds: float) -> None:
+        try:
+            self._cache.set(key, value, ttl_seconds)
+        except Exception as exc:
+            log_event(logger, "cache_unavailable", logging.WARNING, operation="set", error=str(exc))
 
     def _open_breakers(self, sources: Sequence[SourceSpec]) -> dict[str, str]:
         now = self._wall_clock()
@@ -114,7 +129,7 @@ class InProcessSpanClient:
         for outcome in result.outcomes:
             source = by_name[outcome.source]
             health = record_outcome(self.source_health(source), outcome, self._breaker, now)
-            self._cache.set(_health_key(source), health.as_dict(), keep_seconds)
+            self._cache_set(_health_key(source), health.as_dict(), keep_seconds)
 
     def close(self) -> None:
         """Release pooled associations and connections, and stop the executor."""

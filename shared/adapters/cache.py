@@ -1,7 +1,7 @@
-"""Result cache behind a small Protocol: an in-memory TTL + LRU cache now, Redis later (issue 3).
+"""Result cache behind a small Protocol: an in-memory TTL + LRU cache here, Redis in shared/adapters/redis_cache.py.
 
-Keys are strings; values are whatever the caller stores (the memory cache keeps references, a Redis cache will
-need serialisable values, so callers should store plain data).
+Keys are strings; values must be plain JSON-able data (the memory cache keeps references, Redis stores JSON), so
+the same caller works with either.
 """
 
 from __future__ import annotations
