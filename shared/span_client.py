@@ -32,6 +32,7 @@ from shared.spanning.model import SourceSpec, SourceStatus, SpanPolicy, SpanRequ
 from shared.spanning.ports import CancelToken
 
 logger = logging.getLogger(__name__)
+CACHE_RETRY_SECONDS = 5.0
 
 
 class InProcessSpanClient:
@@ -50,6 +51,7 @@ class InProcessSpanClient:
         self._executor = executor or ThreadExecutor()
         self._cache = cache if cache is not None else MemoryCache()
         self._breaker, self._wall_clock = breaker, wall_clock
+        self._cache_down_until = 0.0  # after a cache failure, spans leave the cache alone for a while
         self._ports = ports_factory()
         self._session_factory = session_factory
 
@@ -105,18 +107,29 @@ class InProcessSpanClient:
         return SourceHealth.from_dict(self._cache_get(_health_key(source)))
 
     def _cache_get(self, key: str) -> Any:
-        """The cache is an optimisation: when it is unreachable (Redis down), spans go on without it."""
+        """The cache is an optimisation: when it is unreachable (Redis down), spans go on without it, and for
+        CACHE_RETRY_SECONDS they do not even try (a black-holed Redis would otherwise cost each span its timeouts).
+        Health updates are read-modify-write: concurrent spans may lose one count, which a breaker tolerates."""
+        if time.monotonic() < self._cache_down_until:
+            return None
         try:
             return self._cache.get(key)
         except Exception as exc:
-            log_event(logger, "cache_unavailable", logging.WARNING, operation="get", error=str(exc))
+            self._cache_failed("get", exc)
             return None
 
     def _cache_set(self, key: str, value: Any, ttl_seconds: float) -> None:
+        if time.monotonic() < self._cache_down_until:
+            return
         try:
             self._cache.set(key, value, ttl_seconds)
         except Exception as exc:
-            log_event(logger, "cache_unavailable", logging.WARNING, operation="set", error=str(exc))
+            self._cache_failed("set", exc)
+
+    def _cache_failed(self, operation: str, exc: Exception) -> None:
+        self._cache_down_until = time.monotonic() + CACHE_RETRY_SECONDS
+        log_event(logger, "cache_unavailable", logging.WARNING, operation=operation, error=str(exc),
+                  retry_in_seconds=CACHE_RETRY_SECONDS)
 
     def _open_breakers(self, sources: Sequence[SourceSpec]) -> dict[str, str]:
         now = self._wall_clock()

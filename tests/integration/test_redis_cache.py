@@ -78,5 +78,9 @@ def test_spans_go_on_when_redis_is_down():
     client = InProcessSpanClient(ports_factory=lambda: QueryPorts({"fake": lambda: port}), cache=dead)
     result = client.run(request(), [SourceSpec("UP", "fake")], SpanPolicy(), cache_ttl_seconds=60)
     assert result.outcomes[0].status is SourceStatus.OK and len(result.matches) == 1
+    calls = []
+    dead.get = lambda *args, **kwargs: calls.append(args)  # within the retry pause the cache is not asked again
+    client.run(request(), [SourceSpec("UP", "fake")], SpanPolicy(), cache_ttl_seconds=60)
+    assert calls == []
     client.close()
 
