@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from shared.dicom.dicom_json import dataset_to_json
+from shared.spanning.codec import result_to_dict
 from shared.spanning.model import SourceOutcome, SourceStatus, SpanResult
 
 STATUS_STYLE = {
@@ -23,17 +23,10 @@ SPAN_STYLE = {"completed": "green", "partial": "yellow", "failed": "red", "cance
 
 
 def result_to_json(result: SpanResult) -> dict[str, Any]:
-    """The span as a JSON document: DICOM JSON matches (PS3.18 F) and every source's outcome."""
-    return {
-        "query_id": result.query_id,
-        "status": result.status.value,
-        "raw_count": result.raw_count,
-        "deduplicated_count": len(result.matches),
-        "duration_ms": round(result.duration_ms, 1),
-        "error": result.error,
-        "sources": [outcome.as_dict() for outcome in result.outcomes],
-        "matches": [dataset_to_json(match.dataset) for match in result.matches],
-    }
+    """`axiom find --json`: the span's DICOM JSON matches (PS3.18 F) and every source's outcome."""
+    data = result_to_dict(result)
+    del data["match_keys"], data["match_sources"]  # the matches carry RetrieveAETitle; keys are an internal detail
+    return data
 
 
 def _cell(ds: Dataset, keyword: str) -> str:
