@@ -6,7 +6,7 @@ source): a `find` reuses an idle association or opens one; idle ones are release
 thread) and `close()` releases them all.
 
 Status handling (PS3.4 C.4.1.1.4, PS3.7 C): Pending 0xFF00/0xFF01 -> a match; Success -> done; Cancel 0xFE00 ->
-done; Warning (0xBxxx, 0x0001, 0x0107, ...) -> FindSummary(truncated=True); Failure (0xA700, 0xA900, 0xCxxx,
+done; Warning (0xB000-0xBFFF, 0x0001, 0x0107, ...) -> FindSummary(truncated=True); Failure (0xA700, 0xA900, 0xC000-0xCFFF,
 anything else) -> QueryFailedError with the status and Error Comment. Refused connections, rejected/aborted
 associations and DIMSE timeouts -> TransportError.
 
