@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from enum import Enum
 
+from shared.choices import parse_choice
+
 # SOP Class UIDs, PS3.4 Table B.5-1 (kept literal so the pure engine never imports pynetdicom).
 PATIENT_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.1.1"
 PATIENT_ROOT_MOVE = "1.2.840.10008.5.1.4.1.2.1.2"
@@ -34,8 +36,7 @@ class QueryLevel(str, Enum):
         try:
             return cls(text)
         except ValueError:
-            allowed = ", ".join(m.value for m in cls)
-            raise ValueError(f"invalid query level {value!r}: expected one of {allowed}") from None
+            return parse_choice(cls, value, "query level")  # raises, naming the value as it was given
 
     @property
     def depth(self) -> int:

@@ -27,6 +27,7 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 from sqlalchemy.orm import Session
 
+from shared.choices import parse_choice
 from shared.db.base import utc_now
 from shared.db.models import ApiKey, Role
 from shared.db.repo import api_keys as repo
@@ -98,11 +99,7 @@ def hash_api_key(key: str, *, hasher: PasswordHasher | None = None) -> str:
 
 
 def _role(value: Role | str) -> Role:
-    try:
-        return Role(value)
-    except ValueError:
-        allowed = ", ".join(role.value for role in Role)
-        raise ValueError(f"invalid role {value!r}: expected one of {allowed}") from None
+    return parse_choice(Role, value, "role")
 
 
 def _check_name(name: str) -> str:

@@ -7,14 +7,7 @@ import threading
 import pytest
 
 from shared.adapters.cache import Cache, MemoryCache
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.fakes.clock import FakeClock
 
 
 def test_set_get_delete_clear() -> None:

@@ -9,15 +9,8 @@ from shared.adapters.query_ports import QueryPorts
 from shared.dicom.levels import QueryLevel
 from shared.span_client import InProcessSpanClient
 from shared.spanning.model import DedupStrategy, SourceSpec, SpanPolicy, SpanRequest, SpanStatus
+from tests.fakes.clock import FakeClock
 from tests.fakes.ports import Script, ScriptedPort, study
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def request() -> SpanRequest:
@@ -32,7 +25,7 @@ def client_with(scripts: dict[str, Script], cache: MemoryCache) -> tuple[InProce
 
 
 def test_a_completed_span_is_answered_from_the_cache_within_the_ttl():
-    clock = Clock()
+    clock = FakeClock()
     client, port = client_with({"A": Script(matches=[study("1.2.3")])}, MemoryCache(clock=clock))
     sources = [SourceSpec("A", "fake")]
     first = client.run(request(), sources, SpanPolicy(), cache_ttl_seconds=60)
@@ -105,7 +98,7 @@ def test_an_archive_failing_spans_in_a_row_is_skipped_for_the_cool_down_then_tri
     from shared.spanning.health import BreakerPolicy
     from shared.spanning.model import SourceStatus
 
-    clock = Clock()
+    clock = FakeClock()
     port = ScriptedPort({"UP": Script(matches=[study("1.2.3")]), "DOWN": Script(query_failure="0xC000")})
     client = InProcessSpanClient(ports_factory=lambda: QueryPorts({"fake": lambda: port}), cache=MemoryCache(),
                                  breaker=BreakerPolicy(failure_threshold=2, cooldown_seconds=30), wall_clock=clock)

@@ -8,17 +8,14 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from shared.choices import parse_choice
 from shared.db.base import utc_now
 from shared.db.models import QueryLogStatus, QueryType, SpannerQueryLog
 from shared.spanning.model import SpanResult
 
 
 def _query_type(value: str | QueryType) -> QueryType:
-    try:
-        return QueryType(value)
-    except ValueError:
-        allowed = ", ".join(t.value for t in QueryType)
-        raise ValueError(f"invalid query type {value!r}: expected one of {allowed}") from None
+    return parse_choice(QueryType, value, "query type")
 
 
 def start_query_log(
