@@ -9,7 +9,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -42,11 +42,46 @@ class ScpSettings(BaseSettings):
     calling_ae_title: str = Field(default="AXIOM", alias="AXIOM_CALLING_AE_TITLE")
 
 
+class DistributedSettings(BaseSettings):
+    """The distributed mode's infrastructure: RabbitMQ (Celery broker), Redis (live results, cache, source health)."""
+
+    model_config = SettingsConfigDict(extra="ignore")
+
+    rabbitmq_url: str | None = Field(default=None, alias="RABBITMQ_URL")
+    redis_url: str | None = Field(default=None, alias="REDIS_URL")
+    redis_prefix: str = Field(default="axiom:", alias="AXIOM_REDIS_PREFIX")
+    worker_type: str = Field(default="all", alias="WORKER_TYPE")
+    worker_concurrency: int = Field(default=8, ge=1, le=512, alias="WORKER_CONCURRENCY")
+    live_ttl_seconds: float = Field(default=3600.0, gt=0, alias="AXIOM_LIVE_RESULT_TTL_SECONDS")
+    result_retention_days: float = Field(default=7.0, gt=0, alias="AXIOM_RESULT_RETENTION_DAYS")
+
+    def require(self) -> None:
+        """ValueError naming the missing variables when the distributed mode cannot run."""
+        missing = [name for name, value in (("RABBITMQ_URL", self.rabbitmq_url), ("REDIS_URL", self.redis_url))
+                   if not value]
+        if missing:
+            raise ValueError(f"the distributed mode needs {' and '.join(missing)} (e.g. "
+                             "RABBITMQ_URL=amqp://guest:guest@rabbitmq:5672// REDIS_URL=redis://redis:6379/0)")
+
+
+class CoordinatorSettings(BaseSettings):
+    """The spanner coordinator HTTP service."""
+
+    model_config = SettingsConfigDict(extra="ignore")
+
+    host: str = Field(default="0.0.0.0", alias="AXIOM_COORDINATOR_HOST")
+    port: int = Field(default=8000, alias="AXIOM_COORDINATOR_PORT")
+    secret_key: SecretStr | None = Field(default=None, alias="SECRET_KEY")
+    max_wait_seconds: float = Field(default=60.0, gt=0, alias="AXIOM_MAX_WAIT_SECONDS")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(extra="ignore")
 
     db: DatabaseSettings = Field(default_factory=DatabaseSettings)
     scp: ScpSettings = Field(default_factory=ScpSettings)
+    distributed: DistributedSettings = Field(default_factory=DistributedSettings)
+    coordinator: CoordinatorSettings = Field(default_factory=CoordinatorSettings)
     log_level: str = Field(default="INFO", alias="LOG_LEVEL")
     instance_id: str = Field(default="axiom-1", alias="AXIOM_INSTANCE_ID")
 

@@ -104,7 +104,7 @@ class InProcessSpanClient:
 
     def source_health(self, source: SourceSpec) -> SourceHealth:
         """What the spans so far said about `source` (consecutive failures, breaker, last latency)."""
-        return SourceHealth.from_dict(self._cache_get(_health_key(source)))
+        return SourceHealth.from_dict(self._cache_get(health_key(source)))
 
     def _cache_get(self, key: str) -> Any:
         """The cache is an optimisation: when it is unreachable (Redis down), spans go on without it, and for
@@ -142,7 +142,7 @@ class InProcessSpanClient:
         for outcome in result.outcomes:
             source = by_name[outcome.source]
             health = record_outcome(self.source_health(source), outcome, self._breaker, now)
-            self._cache_set(_health_key(source), health.as_dict(), keep_seconds)
+            self._cache_set(health_key(source), health.as_dict(), keep_seconds)
 
     def close(self) -> None:
         """Release pooled associations and connections, and stop the executor."""
@@ -210,7 +210,8 @@ def span_cache_key(request: SpanRequest, sources: Sequence[SourceSpec], policy: 
     return "span:" + hashlib.sha256(text.encode()).hexdigest()
 
 
-def _health_key(source: SourceSpec) -> str:
+def health_key(source: SourceSpec) -> str:
+    """Where a source's SourceHealth is cached (its name and a digest of its connection: no secrets)."""
     return f"health:{source.name}:{_fingerprint(source.connection)[:16]}"
 
 

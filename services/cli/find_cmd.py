@@ -17,7 +17,7 @@ from shared.connections import DimseConnection, check_ae_title
 from shared.db.migrations import is_up_to_date
 from shared.db.repo.spanner_configs import load_span_plan
 from shared.db.session import make_engine, make_sessionmaker
-from shared.dicom.levels import UNIQUE_KEYS, InformationModel, QueryLevel
+from shared.dicom.levels import UNIQUE_KEYS, InformationModel, QueryLevel, default_model
 from shared.dicom.query_keys import build_identifier, parse_key
 from shared.source_uri import parse_source_uri
 from shared.span_client import InProcessSpanClient
@@ -114,8 +114,7 @@ def find(
 def _request(level: str, model: str | None, keys: list[str]) -> SpanRequest:
     """The span request from --level/--model/-k; ValueError names what is wrong."""
     query_level = QueryLevel.parse(level)
-    info_model = InformationModel.parse(model) if model else (
-        InformationModel.PATIENT_ROOT if query_level is QueryLevel.PATIENT else InformationModel.STUDY_ROOT)
+    info_model = InformationModel.parse(model) if model else default_model(query_level)
     if not info_model.allows(query_level):
         raise ValueError(f"level {query_level.value} is not part of the {info_model.value} model (PS3.4 C.6.2)")
     identifier = build_identifier(keys, query_level, model=info_model)

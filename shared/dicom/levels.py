@@ -112,3 +112,9 @@ def parent_unique_keys(level: QueryLevel, model: InformationModel) -> tuple[str,
     """Unique keys of the levels above `level` that a hierarchical query must carry (PS3.4 C.4.1.2.2.2)."""
     chain = [lvl for lvl in QueryLevel if lvl.depth < level.depth and model.allows(lvl)]
     return tuple(UNIQUE_KEYS[lvl] for lvl in chain)
+
+
+def default_model(level: QueryLevel) -> InformationModel:
+    """The information model a query at `level` uses when none is named: Patient Root for PATIENT (the only model
+    with that level), Study Root otherwise (PS3.4 C.6.1, C.6.2)."""
+    return InformationModel.PATIENT_ROOT if level is QueryLevel.PATIENT else InformationModel.STUDY_ROOT

@@ -178,7 +178,7 @@ class _Span:
         if port is None:
             return f"no query port for source kind {spec.kind!r}"
         try:
-            request = self._request_for(spec)
+            request = request_for_source(self.request, spec)
         except ValueError as exc:
             return str(exc)
         run = _Run(spec, CancelToken(), self.deadline)
@@ -190,18 +190,6 @@ class _Span:
             del self.running[spec.name]
             return f"could not start: {type(exc).__name__}: {exc}"
         return None
-
-    def _request_for(self, spec: SourceSpec) -> SpanRequest:
-        """The request with this source's additional_filters merged into a copy of the identifier."""
-        if not spec.additional_filters:
-            return self.request
-        identifier = copy_dataset(self.request.identifier)
-        for keyword, value in spec.additional_filters.items():
-            if tag_for_keyword(keyword) is None:
-                raise ValueError(f"additional filter {keyword!r} is not a DICOM keyword")
-            setattr(identifier, keyword, value)
-        return SpanRequest(level=self.request.level, identifier=identifier, model=self.request.model,
-                           query_id=self.request.query_id, query_type=self.request.query_type)
 
     def _handle(self, event: Event) -> Iterator[SpanEvent]:
         run = self.running.get(event.source)
@@ -277,15 +265,18 @@ class _Span:
         raw_count = sum(self.merger.contributed(spec.name) for spec in self.sources)  # a retry's repeats count once
         yield SpanResult(query_id=self.request.query_id, status=status, matches=matches, outcomes=outcomes,
                          raw_count=raw_count, duration_ms=(self.clock() - self.started) * 1000.0,
-                         error=self._error_text(status, outcomes))
+                         error=rules.span_error(status, outcomes, self.policy, cancelled=self.caller_cancelled))
 
-    def _error_text(self, status, outcomes: Sequence[SourceOutcome]) -> str | None:
-        if status.succeeded:
-            return None
-        if self.caller_cancelled:
-            return "cancelled by the caller"
-        if not outcomes:
-            return "no sources to query"
-        failed = [f"{o.source}: {o.status.value} ({o.error})" for o in outcomes if o.status in rules.FAILURES]
-        ok = rules.ok_count(outcomes)
-        return f"{self.policy.failure_strategy.value}: {ok}/{len(outcomes)} sources ok; " + "; ".join(failed)
+
+def request_for_source(request: SpanRequest, spec: SourceSpec) -> SpanRequest:
+    """The request one source is asked: its `additional_filters` (DICOM keyword -> value) set on a copy of the
+    identifier. ValueError when a filter is not a DICOM keyword (that source fails, the span goes on)."""
+    if not spec.additional_filters:
+        return request
+    identifier = copy_dataset(request.identifier)
+    for keyword, value in spec.additional_filters.items():
+        if tag_for_keyword(keyword) is None:
+            raise ValueError(f"additional filter {keyword!r} is not a DICOM keyword")
+        setattr(identifier, keyword, value)
+    return SpanRequest(level=request.level, identifier=identifier, model=request.model,
+                       query_id=request.query_id, query_type=request.query_type)

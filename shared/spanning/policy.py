@@ -18,7 +18,7 @@ A strategy succeeds when:
 from __future__ import annotations
 
 import random
-from typing import Iterable
+from typing import Iterable, Sequence
 
 from shared.spanning.model import FailureStrategy, SourceOutcome, SourceStatus, SpanPolicy, SpanStatus
 
@@ -53,6 +53,20 @@ def span_status(outcomes: Iterable[SourceOutcome], policy: SpanPolicy, cancelled
     if not strategy_succeeds(outcomes, policy):
         return SpanStatus.FAILED
     return SpanStatus.COMPLETED if ok_count(outcomes) == len(outcomes) else SpanStatus.PARTIAL
+
+
+def span_error(status: SpanStatus, outcomes: Sequence[SourceOutcome], policy: SpanPolicy,
+               cancelled: bool = False) -> str | None:
+    """The span's error text: None when it succeeded, else why (the caller cancelled, no sources, or which
+    sources failed under which strategy)."""
+    if status.succeeded:
+        return None
+    if cancelled:
+        return "cancelled by the caller"
+    if not outcomes:
+        return "no sources to query"
+    failed = [f"{o.source}: {o.status.value} ({o.error})" for o in outcomes if o.status in FAILURES]
+    return f"{policy.failure_strategy.value}: {ok_count(outcomes)}/{len(outcomes)} sources ok; " + "; ".join(failed)
 
 
 def should_stop_early(finished: Iterable[SourceOutcome], outstanding: int, policy: SpanPolicy) -> bool:

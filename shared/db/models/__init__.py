@@ -2,7 +2,7 @@
 
 from shared.db.base import Base
 from shared.db.models.api_key import ApiKey, Role
-from shared.db.models.query_log import QueryLogStatus, QueryType, SpannerQueryLog
+from shared.db.models.query_log import QueryLogStatus, QueryType, SpannerQueryLog, SpannerQueryResult
 from shared.db.models.source import Source
 from shared.db.models.spanner import CmoveStrategy, SpannerConfig, SpannerSourceMapping
 
@@ -16,5 +16,6 @@ __all__ = [
     "Source",
     "SpannerConfig",
     "SpannerQueryLog",
+    "SpannerQueryResult",
     "SpannerSourceMapping",
 ]

@@ -24,8 +24,10 @@ class QueryType(str, PyEnum):
 
 
 class QueryLogStatus(str, PyEnum):
-    """`running` until finished; then the span's own status (shared.spanning.model.SpanStatus values)."""
+    """`accepted` (queued by the coordinator, not yet planned), `running` until finished; then the span's own
+    status (shared.spanning.model.SpanStatus values)."""
 
+    ACCEPTED = "accepted"
     RUNNING = "running"
     COMPLETED = "completed"
     PARTIAL = "partial"
@@ -58,6 +60,25 @@ class SpannerQueryLog(Base):
     error_message: Mapped[str | None] = mapped_column(Text)
     started_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utc_now)
     completed_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    deadline_at: Mapped[datetime | None] = mapped_column(UtcDateTime)  # distributed spans: finalised by then
+
+    @property
+    def is_open(self) -> bool:
+        """Not finished yet (accepted or running)."""
+        return self.status in (QueryLogStatus.ACCEPTED, QueryLogStatus.RUNNING)
 
     def __repr__(self) -> str:
         return f"SpannerQueryLog(query_id={self.query_id!r}, status={self.status!r})"
+
+
+class SpannerQueryResult(Base):
+    """A finished distributed span's full result (shared.spanning.codec data), kept until `expires_at` so the
+    coordinator still answers after a Redis flush or a restart; the query log row itself is kept for audit."""
+
+    __tablename__ = "spanner_query_results"
+
+    query_id: Mapped[str] = mapped_column(
+        ForeignKey("spanner_query_logs.query_id", ondelete="CASCADE"), primary_key=True)
+    result: Mapped[dict[str, Any]] = mapped_column(JsonType)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utc_now)
+    expires_at: Mapped[datetime] = mapped_column(UtcDateTime, index=True)

@@ -1,0 +1,185 @@
+"""The coordinator's FastAPI app: thin routes over shared.distributed.intake, plus the deadline sweep.
+
+`create_app(settings)` builds everything from settings (DATABASE_URL, REDIS_URL, RABBITMQ_URL, SECRET_KEY); tests
+may pass a ready runtime. The app keeps no query state: any number of coordinators serve the same queries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+import time
+from contextlib import asynccontextmanager
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+from sqlalchemy import text
+
+from services.spanner_coordinator.auth import ApiKeyAuthenticator, require_principal
+from shared.config import Settings
+from shared.db.models import Role
+from shared.distributed.intake import (
+    Requester, SpanRequestError, accept_span, cancel_span, check_query_id, describe_span, is_finished, sweep,
+)
+from shared.distributed.runtime import SpanRuntime, build_runtime
+from shared.logging import log_event
+from shared.messaging.celery_app import create_celery_app, publish
+from shared.security.api_keys import ApiKeyPrincipal
+
+logger = logging.getLogger(__name__)
+MAX_BODY_BYTES = 64 * 1024
+SWEEP_SECONDS = 0.5
+PURGE_EVERY_SECONDS = 600.0
+POLL_SECONDS = 0.05
+Principal = Annotated[ApiKeyPrincipal, Depends(require_principal)]
+
+
+def create_app(settings: Settings, *, runtime: SpanRuntime | None = None, celery_app=None) -> FastAPI:
+    """The coordinator app. ValueError naming the missing setting (SECRET_KEY of 32+ characters, broker, Redis,
+    PostgreSQL)."""
+    secret = settings.coordinator.secret_key.get_secret_value() if settings.coordinator.secret_key else ""
+    if len(secret) < 32:
+        raise ValueError("SECRET_KEY must be set to at least 32 random characters (e.g. `openssl rand -hex 32`)")
+    celery_app = celery_app or create_celery_app(settings)
+    if runtime is None:
+        runtime = build_runtime(settings, lambda name, args, countdown: publish(celery_app, name, args,
+                                                                               countdown=countdown))
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        sweeper = _Sweeper(runtime)
+        sweeper.start()
+        try:
+            yield
+        finally:
+            sweeper.stop()
+            runtime.close()
+
+    app = FastAPI(title="Axiom spanner coordinator", version="1", lifespan=lifespan)
+    app.state.runtime, app.state.celery, app.state.settings = runtime, celery_app, settings
+    app.state.authenticator = ApiKeyAuthenticator(runtime.session_factory, secret.encode())
+    app.add_exception_handler(SpanRequestError, _span_error)
+    _routes(app, runtime, settings)
+    return app
+
+
+async def _span_error(_request: Request, exc: SpanRequestError) -> JSONResponse:
+    return JSONResponse({"detail": str(exc)}, status_code=exc.status_code)
+
+
+def _routes(app: FastAPI, runtime: SpanRuntime, settings: Settings) -> None:
+    max_wait = settings.coordinator.max_wait_seconds
+
+    @app.get("/health")
+    async def health() -> JSONResponse:
+        """Liveness and readiness without authentication: 200 when PostgreSQL, RabbitMQ and Redis answer."""
+        checks = await run_in_threadpool(_checks, app)
+        healthy = all(value == "ok" for value in checks.values())
+        body = {"status": "healthy" if healthy else "unhealthy", "service": "spanner-coordinator", "checks": checks}
+        return JSONResponse(body, status_code=200 if healthy else 503)
+
+    @app.post("/spanning-query", status_code=202)
+    async def submit(request: Request, principal: Principal,
+                     spanner_config_id: Annotated[int | None, Query(ge=1)] = None,
+                     spanner_config: Annotated[str | None, Query(max_length=64)] = None,
+                     query_type: Annotated[str, Query(max_length=16)] = "C-FIND",
+                     query_level: Annotated[str, Query(max_length=16)] = "STUDY") -> JSONResponse:
+        """Accept a spanning query (202); poll GET /spanning-query/{query_id}."""
+        keys = await _json_body(request)
+        requester = Requester(user=principal.name, address=request.client.host if request.client else None)
+        accepted = await run_in_threadpool(
+            accept_span, runtime, config_id=spanner_config_id, config_name=spanner_config, query_type=query_type,
+            query_level=query_level, keys=keys, requester=requester)
+        return JSONResponse(accepted, status_code=202, headers={"Location": accepted["status_url"]})
+
+    @app.get("/spanning-query/{query_id}")
+    async def status(query_id: str, principal: Principal,
+                     offset: Annotated[int, Query(ge=0)] = 0, limit: Annotated[int, Query(ge=0, le=10_000)] = 100,
+                     wait: Annotated[float, Query(ge=0)] = 0) -> dict[str, Any]:
+        """The query's status, per-source outcomes and a page of results; `wait` long-polls until it is done."""
+        check_query_id(query_id)
+        give_up = time.monotonic() + min(wait, max_wait)
+        while time.monotonic() < give_up and not await run_in_threadpool(is_finished, runtime, query_id):
+            await asyncio.sleep(POLL_SECONDS)
+        view = await run_in_threadpool(describe_span, runtime, query_id, offset=offset, limit=limit)
+        _check_owner(view, principal)
+        return view
+
+    @app.delete("/spanning-query/{query_id}")
+    async def cancel(query_id: str, principal: Principal) -> dict[str, Any]:
+        """Cancel the query: outstanding source queries stop, the status becomes `cancelled`."""
+        view = await run_in_threadpool(describe_span, runtime, query_id, offset=0, limit=0)
+        _check_owner(view, principal)
+        return await run_in_threadpool(cancel_span, runtime, query_id)
+
+
+def _check_owner(view: dict[str, Any], principal: ApiKeyPrincipal) -> None:
+    """RBAC: an admin key sees every query; a user key only the queries it submitted (others are 404)."""
+    if not principal.allows(Role.ADMIN) and view.get("requested_by") != principal.name:
+        raise SpanRequestError(404, f"no spanning query {view['query_id']!r}")
+
+
+async def _json_body(request: Request) -> Any:
+    body = await request.body()
+    if len(body) > MAX_BODY_BYTES:
+        raise HTTPException(413, f"body: at most {MAX_BODY_BYTES} bytes of query keys")
+    if not body.strip():
+        return {}
+    try:
+        return json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise HTTPException(422, f"body: invalid JSON ({exc})") from None
+
+
+def _checks(app: FastAPI) -> dict[str, str]:
+    runtime: SpanRuntime = app.state.runtime
+    checks: dict[str, str] = {}
+    for name, probe in (("db", lambda: _ping_db(runtime)), ("broker", lambda: _ping_broker(app.state.celery)),
+                        ("redis", runtime.store.redis.ping)):
+        try:
+            probe()
+            checks[name] = "ok"
+        except Exception as exc:
+            checks[name] = f"error: {type(exc).__name__}: {exc}"[:300]
+    return checks
+
+
+def _ping_db(runtime: SpanRuntime) -> None:
+    with runtime.session_factory() as session:
+        session.execute(text("SELECT 1"))
+
+
+def _ping_broker(celery_app) -> None:
+    with celery_app.connection_for_write() as connection:
+        connection.ensure_connection(max_retries=1, interval_start=0, timeout=2)
+
+
+class _Sweeper:
+    """A background thread running shared.distributed.intake.sweep every SWEEP_SECONDS (deadlines, re-plans) and
+    purging expired results every PURGE_EVERY_SECONDS. Errors are logged, never fatal."""
+
+    def __init__(self, runtime: SpanRuntime) -> None:
+        self._runtime, self._stop = runtime, threading.Event()
+        self._thread = threading.Thread(target=self._run, name="span-sweeper", daemon=True)
+        self._next_purge = 0.0
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        while not self._stop.wait(SWEEP_SECONDS):
+            purge = time.monotonic() >= self._next_purge
+            try:
+                sweep(self._runtime, purge=purge)
+                if purge:
+                    self._next_purge = time.monotonic() + PURGE_EVERY_SECONDS
+            except Exception as exc:
+                log_event(logger, "spanning_sweep_failed", logging.ERROR, error=f"{type(exc).__name__}: {exc}")

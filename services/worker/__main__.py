@@ -1,0 +1,44 @@
+"""`python -m services.worker`: a Celery worker consuming the queues of WORKER_TYPE (environment only)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import sys
+
+from celery.signals import worker_shutdown
+
+from shared.config import get_settings
+from shared.logging import configure_logging
+from shared.messaging.celery_app import create_celery_app
+from shared.messaging.contracts import queues_for_worker
+from services.worker.tasks import WorkerState, register_tasks
+
+
+def main() -> int:
+    settings = get_settings()
+    configure_logging("worker", level=settings.log_level)
+    if settings.log_level.upper() != "DEBUG":  # one line per task received/succeeded: only when debugging
+        for name in ("celery.app.trace", "celery.worker.strategy"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+    dist = settings.distributed
+    try:
+        queues = queues_for_worker(dist.worker_type)
+        app = create_celery_app(settings)
+    except ValueError as exc:
+        print(f"worker: {exc}", file=sys.stderr)
+        return 2
+    state = WorkerState(app, settings)
+    register_tasks(app, state)
+    worker_shutdown.connect(lambda **_: state.close(), weak=False)
+    app.worker_main([
+        "worker", "--queues", ",".join(queues), "--pool", "threads", "--concurrency", str(dist.worker_concurrency),
+        "--hostname", f"{dist.worker_type}-{os.getpid()}@{socket.gethostname()}",
+        "--without-gossip", "--without-mingle", "--loglevel", settings.log_level,
+    ])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

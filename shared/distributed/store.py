@@ -1,0 +1,151 @@
+"""A distributed span's live state in Redis: its plan, each source's progress, answers and outcome, the result.
+
+Keys (all under `prefix`, all expiring after `ttl_seconds`):
+
+    span:<id>:plan               JSON  the plan (shared.distributed.plan.SpanPlanData): request, policy, sources
+    span:<id>:src:<source>       hash  attempt, state (running), started_at, retries, count (live progress)
+    span:<id>:m:<source>:<n>     list  attempt n's answers as DICOM JSON (a redelivered task starts attempt n+1, so
+                                       a killed worker's half-answer is never mixed with the new one)
+    span:<id>:outcome:<source>   JSON  the source's final outcome and the attempt it belongs to; written once (NX):
+                                       when two attempts race (a redelivery while the first still runs) one wins
+    span:<id>:finished           list  sources in the order their outcomes were recorded (FIRST_WINS merges in it)
+    span:<id>:released           set   sources whose finish already let the next pending source start
+    span:<id>:next               int   how many of the plan's queried sources have been launched
+    span:<id>:cancel             str   why outstanding work must stop (caller cancel, finalised); set once
+    span:<id>:result             JSON  the final result (shared.spanning.codec data)
+
+Everything here is plain data; the rules live in shared.distributed.spans.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any, Iterable
+
+import redis
+
+QUERY_ID_LENGTH = 32
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+class SpanStore:
+    """The span keys on one redis.Redis client (decode_responses=True)."""
+
+    def __init__(self, client: redis.Redis, *, prefix: str = "axiom:", ttl_seconds: float = 3600.0) -> None:
+        self.redis, self._prefix, self._ttl_ms = client, prefix, max(1000, int(ttl_seconds * 1000))
+
+    def _key(self, query_id: str, *parts: str) -> str:
+        return ":".join([f"{self._prefix}span", query_id, *parts])
+
+    # plan and result -------------------------------------------------------------------------------------------
+    def put_plan(self, query_id: str, plan: dict[str, Any]) -> bool:
+        """Store the plan unless one exists; True when this call stored it."""
+        return bool(self.redis.set(self._key(query_id, "plan"), _dumps(plan), px=self._ttl_ms, nx=True))
+
+    def plan(self, query_id: str) -> dict[str, Any] | None:
+        raw = self.redis.get(self._key(query_id, "plan"))
+        return None if raw is None else json.loads(raw)
+
+    def put_result(self, query_id: str, result: dict[str, Any]) -> None:
+        self.redis.set(self._key(query_id, "result"), _dumps(result), px=self._ttl_ms)
+
+    def result(self, query_id: str) -> dict[str, Any] | None:
+        raw = self.redis.get(self._key(query_id, "result"))
+        return None if raw is None else json.loads(raw)
+
+    def has_result(self, query_id: str) -> bool:
+        return bool(self.redis.exists(self._key(query_id, "result")))
+
+    # cancellation ----------------------------------------------------------------------------------------------
+    def request_stop(self, query_id: str, reason: str) -> None:
+        """Tell every worker of this span to stop (the first reason given is kept)."""
+        self.redis.set(self._key(query_id, "cancel"), reason, px=self._ttl_ms, nx=True)
+
+    def stop_reason(self, query_id: str) -> str | None:
+        return self.redis.get(self._key(query_id, "cancel"))
+
+    # launching -------------------------------------------------------------------------------------------------
+    def claim_launches(self, query_id: str, count: int) -> int:
+        """Reserve `count` more launches; returns the new total (the caller launches indices total-count..total-1)."""
+        key = self._key(query_id, "next")
+        pipe = self.redis.pipeline()
+        pipe.incrby(key, count)
+        pipe.pexpire(key, self._ttl_ms)
+        return int(pipe.execute()[0])
+
+    def launched(self, query_id: str) -> int:
+        return int(self.redis.get(self._key(query_id, "next")) or 0)
+
+    def release_once(self, query_id: str, source: str) -> bool:
+        """True the first time `source`'s finish is counted (a redelivered message must not launch twice)."""
+        key = self._key(query_id, "released")
+        pipe = self.redis.pipeline()
+        pipe.sadd(key, source)
+        pipe.pexpire(key, self._ttl_ms)
+        return bool(pipe.execute()[0])
+
+    # one source's attempts -------------------------------------------------------------------------------------
+    def start_attempt(self, query_id: str, source: str, now: float) -> int:
+        """Begin a new attempt at `source` (number 1, 2, ...): progress resets, earlier answers are left behind."""
+        key = self._key(query_id, "src", source)
+        pipe = self.redis.pipeline()
+        pipe.hincrby(key, "attempt", 1)
+        pipe.hset(key, mapping={"state": "running", "started_at": repr(now), "count": 0, "retries": 0})
+        pipe.pexpire(key, self._ttl_ms)
+        return int(pipe.execute()[0])
+
+    def add_answers(self, query_id: str, source: str, attempt: int, answers: list[dict[str, Any]]) -> None:
+        """Append answers (DICOM JSON) to the attempt's list and count them in its progress."""
+        if not answers:
+            return
+        key, progress = self._key(query_id, "m", source, str(attempt)), self._key(query_id, "src", source)
+        pipe = self.redis.pipeline()
+        pipe.rpush(key, *[_dumps(answer) for answer in answers])
+        pipe.pexpire(key, self._ttl_ms)
+        pipe.hincrby(progress, "count", len(answers))
+        pipe.execute()
+
+    def set_retries(self, query_id: str, source: str, retries: int) -> None:
+        self.redis.hset(self._key(query_id, "src", source), "retries", retries)
+
+    def progress(self, query_id: str, sources: Iterable[str]) -> dict[str, dict[str, str]]:
+        """Each source's progress hash (empty for a source not started)."""
+        names = list(sources)
+        pipe = self.redis.pipeline()
+        for name in names:
+            pipe.hgetall(self._key(query_id, "src", name))
+        return dict(zip(names, pipe.execute()))
+
+    def answers(self, query_id: str, source: str, attempt: int) -> list[dict[str, Any]]:
+        return [json.loads(raw) for raw in self.redis.lrange(self._key(query_id, "m", source, str(attempt)), 0, -1)]
+
+    def record_outcome(self, query_id: str, source: str, outcome: dict[str, Any], attempt: int) -> bool:
+        """Record `source`'s final outcome for `attempt` unless one is recorded; True when this call did."""
+        key = self._key(query_id, "outcome", source)
+        stored = self.redis.set(key, _dumps({**outcome, "attempt": attempt, "at": time.time()}),
+                                px=self._ttl_ms, nx=True)
+        if stored:
+            finished = self._key(query_id, "finished")
+            pipe = self.redis.pipeline()
+            pipe.rpush(finished, source)
+            pipe.pexpire(finished, self._ttl_ms)
+            pipe.execute()
+        return bool(stored)
+
+    def outcomes(self, query_id: str, sources: Iterable[str]) -> dict[str, dict[str, Any]]:
+        """The recorded outcomes of these sources (absent: not finished)."""
+        names = list(sources)
+        if not names:
+            return {}
+        raws = self.redis.mget([self._key(query_id, "outcome", name) for name in names])
+        return {name: json.loads(raw) for name, raw in zip(names, raws) if raw is not None}
+
+    def has_outcome(self, query_id: str, source: str) -> bool:
+        return bool(self.redis.exists(self._key(query_id, "outcome", source)))
+
+    def finish_order(self, query_id: str) -> list[str]:
+        return list(self.redis.lrange(self._key(query_id, "finished"), 0, -1))

@@ -1,0 +1,1 @@
+"""Messaging: the Celery application factory and the task contracts (names, queues, payloads) services share."""
