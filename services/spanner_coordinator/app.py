@@ -6,7 +6,6 @@ may pass a ready runtime. The app keeps no query state: any number of coordinato
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import threading
@@ -17,6 +16,7 @@ from typing import Annotated, Any
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
+from redis.asyncio import Redis as AsyncRedis
 from sqlalchemy import text
 
 from services.spanner_coordinator.auth import ApiKeyAuthenticator, require_principal
@@ -34,7 +34,7 @@ logger = logging.getLogger(__name__)
 MAX_BODY_BYTES = 64 * 1024
 SWEEP_SECONDS = 0.5
 PURGE_EVERY_SECONDS = 600.0
-POLL_SECONDS = 0.05
+RECHECK_SECONDS = 1.0
 Principal = Annotated[ApiKeyPrincipal, Depends(require_principal)]
 
 
@@ -57,10 +57,12 @@ def create_app(settings: Settings, *, runtime: SpanRuntime | None = None, celery
             yield
         finally:
             sweeper.stop()
+            await app.state.async_redis.aclose()
             runtime.close()
 
     app = FastAPI(title="Axiom spanner coordinator", version="1", lifespan=lifespan)
     app.state.runtime, app.state.celery, app.state.settings = runtime, celery_app, settings
+    app.state.async_redis = _async_twin(runtime.store.redis)
     app.state.authenticator = ApiKeyAuthenticator(runtime.session_factory, secret.encode())
     app.add_exception_handler(SpanRequestError, _span_error)
     _routes(app, runtime, settings)
@@ -102,9 +104,8 @@ def _routes(app: FastAPI, runtime: SpanRuntime, settings: Settings) -> None:
                      wait: Annotated[float, Query(ge=0)] = 0) -> dict[str, Any]:
         """The query's status, per-source outcomes and a page of results; `wait` long-polls until it is done."""
         check_query_id(query_id)
-        give_up = time.monotonic() + min(wait, max_wait)
-        while time.monotonic() < give_up and not await run_in_threadpool(is_finished, runtime, query_id):
-            await asyncio.sleep(POLL_SECONDS)
+        if wait > 0:
+            await _wait_finished(app, runtime, query_id, min(wait, max_wait))
         view = await run_in_threadpool(describe_span, runtime, query_id, offset=offset, limit=limit)
         _check_owner(view, principal)
         return view
@@ -115,6 +116,31 @@ def _routes(app: FastAPI, runtime: SpanRuntime, settings: Settings) -> None:
         view = await run_in_threadpool(describe_span, runtime, query_id, offset=0, limit=0)
         _check_owner(view, principal)
         return await run_in_threadpool(cancel_span, runtime, query_id)
+
+
+def _async_twin(client) -> AsyncRedis:
+    """An asyncio client on the same Redis server and database as `client` (for pub/sub waits)."""
+    kwargs = client.connection_pool.connection_kwargs
+    same = {key: kwargs[key] for key in ("host", "port", "db", "username", "password", "ssl") if key in kwargs}
+    return AsyncRedis(**same, decode_responses=True, socket_connect_timeout=3.0)
+
+
+async def _wait_finished(app: FastAPI, runtime: SpanRuntime, query_id: str, seconds: float) -> None:
+    """Return when the query is finished or `seconds` passed: woken by the finaliser's pub/sub announcement
+    (shared.distributed.store.done_channel), with a look at the stored state every RECHECK_SECONDS in case an
+    announcement was missed. Holds no thread while waiting."""
+    give_up = time.monotonic() + seconds
+    pubsub = app.state.async_redis.pubsub(ignore_subscribe_messages=True)
+    try:
+        await pubsub.subscribe(runtime.store.done_channel(query_id))
+        while not await run_in_threadpool(is_finished, runtime, query_id):
+            left = give_up - time.monotonic()
+            if left <= 0:
+                return
+            if await pubsub.get_message(timeout=min(left, RECHECK_SECONDS)) is not None:
+                return
+    finally:
+        await pubsub.aclose()
 
 
 def _check_owner(view: dict[str, Any], principal: ApiKeyPrincipal) -> None:

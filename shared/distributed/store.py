@@ -13,6 +13,7 @@ Keys (all under `prefix`, all expiring after `ttl_seconds`):
     span:<id>:next               int   how many of the plan's queried sources have been launched
     span:<id>:cancel             str   why outstanding work must stop (caller cancel, finalised); set once
     span:<id>:result             JSON  the final result (shared.spanning.codec data)
+    span:<id>:done               pub/sub channel: the span's status is published there when it is finalised
 
 Everything here is plain data; the rules live in shared.distributed.spans.
 """
@@ -51,7 +52,15 @@ class SpanStore:
         return None if raw is None else json.loads(raw)
 
     def put_result(self, query_id: str, result: dict[str, Any]) -> None:
-        self.redis.set(self._key(query_id, "result"), _dumps(result), px=self._ttl_ms)
+        """Store the final result and announce it on `done_channel` (long-polling coordinators wake up)."""
+        pipe = self.redis.pipeline()
+        pipe.set(self._key(query_id, "result"), _dumps(result), px=self._ttl_ms)
+        pipe.publish(self.done_channel(query_id), result.get("status", "done"))
+        pipe.execute()
+
+    def done_channel(self, query_id: str) -> str:
+        """The pub/sub channel a span's end is announced on."""
+        return self._key(query_id, "done")
 
     def result(self, query_id: str) -> dict[str, Any] | None:
         raw = self.redis.get(self._key(query_id, "result"))
