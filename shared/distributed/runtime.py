@@ -13,13 +13,14 @@ from typing import Any, Callable, Sequence
 import redis
 from sqlalchemy.orm import sessionmaker
 
-from shared.adapters.cache import Cache
+from shared.adapters.cache import Cache, MemoryCache
 from shared.adapters.redis_cache import RedisCache
 from shared.config import Settings
 from shared.db.session import make_engine, make_sessionmaker
 from shared.distributed.store import SpanStore
 from shared.spanning.health import BreakerPolicy
 
+SPEC_MEMORY_SECONDS = 5.0
 Publish = Callable[[str, Sequence[Any], "float | None"], None]  # (task name, args, countdown seconds)
 
 
@@ -33,6 +34,10 @@ class SpanRuntime:
     publish: Publish
     retention: timedelta = timedelta(days=7)
     breaker: BreakerPolicy = field(default_factory=BreakerPolicy)
+    # This process's short-lived memory of configured sources (a source task needs its connection, loaded from the
+    # database): a configuration change reaches running workers within SPEC_MEMORY_SECONDS.
+    specs: MemoryCache = field(default_factory=lambda: MemoryCache(max_entries=4096,
+                                                                   default_ttl_seconds=SPEC_MEMORY_SECONDS))
     clock: Callable[[], float] = time.time  # wall clock: deadlines are compared across hosts
 
     def close(self) -> None:

@@ -59,13 +59,18 @@ def query_source(rt: SpanRuntime, ports: Mapping[str, QueryPort], query_id: str,
 
 
 def _load_spec(rt: SpanRuntime, plan: Plan, name: str) -> tuple[SourceSpec | None, str | None]:
-    """The source's full spec (with its connection) from the database, as configured now."""
-    try:
-        with rt.session_factory() as session:
-            span_plan = load_span_plan(session, config_id=plan.config_id)
-    except (LookupError, ValueError) as exc:
-        return None, str(exc)
-    spec = next((s for s in span_plan.sources if s.name == name), None)
+    """The source's full spec (with its connection) from the database as configured now (remembered by this
+    process for SPEC_MEMORY_SECONDS, shared.distributed.runtime)."""
+    memory_key = f"config:{plan.config_id}"
+    sources = rt.specs.get(memory_key)
+    if sources is None:
+        try:
+            with rt.session_factory() as session:
+                sources = {spec.name: spec for spec in load_span_plan(session, config_id=plan.config_id).sources}
+        except (LookupError, ValueError) as exc:
+            return None, str(exc)
+        rt.specs.set(memory_key, sources)
+    spec = sources.get(name)
     if spec is None:
         return None, f"source {name!r} is no longer enabled in spanner config {plan.config_name!r}"
     return spec, None

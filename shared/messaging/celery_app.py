@@ -52,6 +52,11 @@ def create_celery_app(settings: Settings, *, name: str = "axiom") -> Celery:
         broker_connection_retry_on_startup=True,
         broker_connection_max_retries=None,
         broker_heartbeat=30,
+        # Workers run the threads pool (services.worker). After a broker reconnect Celery lowers the prefetch count
+        # and restores it with a synchronous basic.qos sent from whichever thread acknowledges a task: a pool thread
+        # then reads the consumer connection while the event loop reads it too, frames interleave (UnexpectedFrame),
+        # the consumer reconnects again and deliveries are lost, so the worker sits idle with unacked messages.
+        worker_enable_prefetch_count_reduction=False,
         worker_hijack_root_logger=False,
         worker_redirect_stdouts=False,
         worker_send_task_events=False,
