@@ -34,21 +34,24 @@ from shared.spanning.model import SourceSpec, SpanPolicy, SpanRequest, SpanStatu
 SEED = 11
 
 
-def serve_archive(names: list[str], name: str, latency: float, conn) -> None:
-    """Child process: one simulated archive; sends back (patient id, port), serves until told to stop."""
+def serve_archive(names: list[str], name: str, latency: float, conn, http: bool = False) -> None:
+    """Child process: one simulated archive; sends back (patient id, DIMSE port or, with `http`, its DICOMweb
+    URL), serves until told to stop."""
     catalogs = overlapping_catalogs(SEED, names, studies=200, patients=50, series_per_study=1, instances_per_series=1)
     with ExitStack() as stack:
-        sim = stack.enter_context(PacsSimulator(name, name, catalogs[name], faults=Faults(latency=latency)).start())
-        conn.send((catalogs[names[0]].records(QueryLevel.STUDY)[0].PatientID, sim.dimse_port))
+        sim = stack.enter_context(PacsSimulator(name, name, catalogs[name], faults=Faults(latency=latency),
+                                                http_port=0 if http else None).start())
+        conn.send((catalogs[names[0]].records(QueryLevel.STUDY)[0].PatientID, sim.http_url if http else sim.dimse_port))
         conn.recv()
 
 
-def start_archives(names: list[str], latency: float) -> tuple[str, list[int], list]:
+def start_archives(names: list[str], latency: float, http: bool = False) -> tuple[str, list, list]:
+    """One archive process per name: (a patient id they all hold, their DIMSE ports or DICOMweb URLs, children)."""
     context = multiprocessing.get_context("spawn")
     children = []
     for name in names:
         parent, child = context.Pipe()
-        process = context.Process(target=serve_archive, args=(names, name, latency, child))
+        process = context.Process(target=serve_archive, args=(names, name, latency, child, http))
         process.start()
         children.append((process, parent))
     answers = [parent.recv() for _, parent in children]

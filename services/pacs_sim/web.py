@@ -143,6 +143,9 @@ class PacsSimHandler(BaseHTTPRequestHandler):
     service: DicomWebService
     protocol_version = "HTTP/1.1"
     server_version = "AxiomPacsSim/1.0"
+    # Headers and body go out as two writes; without TCP_NODELAY the body waits for the client's delayed ACK
+    # (~40 ms on Linux) on every keep-alive request, as with DIMSE (shared/adapters/dimse_network.py).
+    disable_nagle_algorithm = True
 
     def log_message(self, format: str, *args: Any) -> None:  # quiet: tests and benchmarks
         return
