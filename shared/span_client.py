@@ -172,14 +172,7 @@ class InProcessSpanClient:
             self._finish(finished[0])
 
     def _finish(self, result: SpanResult) -> None:
-        for outcome in result.outcomes:
-            if outcome.status is not SourceStatus.OK:
-                log_event(logger, "source_query_failed", logging.WARNING, query_id=result.query_id,
-                          source=outcome.source, status=outcome.status.value, error=outcome.error,
-                          retries=outcome.retries, latency_ms=round(outcome.latency_ms, 1))
-        log_event(logger, "spanning_query_completed", query_id=result.query_id, status=result.status.value,
-                  total_results=len(result.matches), raw_results=result.raw_count,
-                  duration_ms=round(result.duration_ms, 1), failed_sources=result.failed_sources)
+        log_span_result(result)
         if self._session_factory is not None:
             with self._session_factory.begin() as session:
                 finish_query_log(session, query_id=result.query_id, result=result)
@@ -197,6 +190,19 @@ class InProcessSpanClient:
                 requester_user=requester.get("user"),
                 client_address=requester.get("address"),
             )
+
+
+def log_span_result(result: SpanResult, **fields: Any) -> None:
+    """The end of a span as log events: `source_query_failed` for each source not ok, then
+    `spanning_query_completed` with the counts (and `fields`, e.g. cache_hit)."""
+    for outcome in result.outcomes:
+        if outcome.status is not SourceStatus.OK:
+            log_event(logger, "source_query_failed", logging.WARNING, query_id=result.query_id,
+                      source=outcome.source, status=outcome.status.value, error=outcome.error,
+                      retries=outcome.retries, latency_ms=round(outcome.latency_ms, 1))
+    log_event(logger, "spanning_query_completed", query_id=result.query_id, status=result.status.value,
+              total_results=len(result.matches), raw_results=result.raw_count,
+              duration_ms=round(result.duration_ms, 1), failed_sources=result.failed_sources, **fields)
 
 
 def span_cache_key(request: SpanRequest, sources: Sequence[SourceSpec], policy: SpanPolicy) -> str:

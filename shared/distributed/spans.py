@@ -34,7 +34,7 @@ from shared.distributed.plan import Plan, planned_source
 from shared.distributed.runtime import SpanRuntime
 from shared.logging import log_event
 from shared.messaging.contracts import FINALIZE_SPAN, QUERY_SOURCE
-from shared.span_client import health_key, span_cache_key
+from shared.span_client import health_key, log_span_result, span_cache_key
 from shared.spanning import policy as rules
 from shared.spanning.codec import result_from_dict, result_to_dict
 from shared.spanning.health import SourceHealth, record_outcome, skip_reason
@@ -286,14 +286,7 @@ def _commit(rt: SpanRuntime, plan: Plan | None, result: SpanResult, *, cache_hit
         _record_health(rt, plan, result)
         if plan.cache_key and result.status is SpanStatus.COMPLETED:
             rt.cache.set(plan.cache_key, data, plan.cache_ttl_seconds)
-    for outcome in result.outcomes:
-        if outcome.status is not SourceStatus.OK:
-            log_event(logger, "source_query_failed", logging.WARNING, query_id=result.query_id,
-                      source=outcome.source, status=outcome.status.value, error=outcome.error,
-                      retries=outcome.retries, latency_ms=round(outcome.latency_ms, 1))
-    log_event(logger, "spanning_query_completed", query_id=result.query_id, status=result.status.value,
-              total_results=len(result.matches), raw_results=result.raw_count, cache_hit=cache_hit,
-              duration_ms=round(result.duration_ms, 1), failed_sources=result.failed_sources)
+    log_span_result(result, cache_hit=cache_hit)
     return True
 
 
