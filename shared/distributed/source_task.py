@@ -88,6 +88,7 @@ class _SourceRun:
         self.own_timeout = wall_deadline < plan.deadline
         self.timed_out = False
         self.buffer: list[dict[str, Any]] = []
+        self.buffer_lock = threading.Lock()  # answers arrive on this thread; the watchdog flushes them too
         self.last_flush = self.started
         self.count = 0
         self.final: Event | None = None
@@ -118,9 +119,15 @@ class _SourceRun:
         self._finish(self._outcome())
 
     def _watch(self, done: threading.Event) -> None:
-        """Cancel the query at its deadline, or when the span stops or another attempt finished this source."""
+        """Cancel the query at its deadline, or when the span stops or another attempt finished this source; and
+        flush answers that wait in the buffer (a source that stalls after a few answers still shows them live)."""
         store, query_id = self.rt.store, self.plan.query_id
         while not done.wait(min(WATCH_SECONDS, max(0.0, self.deadline - time.monotonic()))):
+            if time.monotonic() - self.last_flush >= FLUSH_SECONDS:
+                try:
+                    self._flush()
+                except Exception:  # Redis unreachable for a moment: the answers stay buffered, flushed later
+                    pass
             if time.monotonic() >= self.deadline:
                 self.timed_out = True
                 self.token.cancel()
@@ -135,9 +142,12 @@ class _SourceRun:
 
     def _emit(self, event: Event) -> None:
         if isinstance(event, Received):
-            self.buffer.append(dataset_to_json(event.dataset))
-            self.count += 1
-            if len(self.buffer) >= FLUSH_EVERY or time.monotonic() - self.last_flush >= FLUSH_SECONDS:
+            answer = dataset_to_json(event.dataset)
+            with self.buffer_lock:
+                self.buffer.append(answer)
+                self.count += 1
+                full = len(self.buffer) >= FLUSH_EVERY
+            if full or time.monotonic() - self.last_flush >= FLUSH_SECONDS:
                 self._flush()
         elif isinstance(event, Retrying):
             self.rt.store.set_retries(self.plan.query_id, self.spec.name, event.retry)
@@ -147,10 +157,12 @@ class _SourceRun:
             self.final = event
 
     def _flush(self) -> None:
-        if self.buffer:
-            self.rt.store.add_answers(self.plan.query_id, self.spec.name, self.attempt, self.buffer)
-            self.buffer = []
-        self.last_flush = time.monotonic()
+        """Append the buffered answers to this attempt's list in Redis (in arrival order: one flush at a time)."""
+        with self.buffer_lock:
+            if self.buffer:
+                self.rt.store.add_answers(self.plan.query_id, self.spec.name, self.attempt, self.buffer)
+                self.buffer = []
+            self.last_flush = time.monotonic()
 
     def _outcome(self) -> dict[str, Any] | None:
         """The outcome to record, or None when the span stopped this query (the finaliser reports it)."""

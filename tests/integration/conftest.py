@@ -8,6 +8,9 @@ from typing import Iterator
 
 import pytest
 
+from tests.integration.distributed_fixtures import (  # noqa: F401  (fixtures of the distributed-span tests)
+    database_url, harness, migrated_template, redis_prefix,
+)
 from tests.peers import free_port, require
 from tests.peers.orthanc import OrthancPeer, orthanc_available
 from tests.peers.studies import ARCHIVE_A, ARCHIVE_B, build_instances
