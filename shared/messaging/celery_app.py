@@ -20,7 +20,7 @@ from kombu import Exchange, Queue
 from shared.config import Settings
 from shared.messaging.contracts import ALL_QUEUES, TASK_QUEUES
 
-PUBLISH_RETRY_POLICY = {"max_retries": 10, "interval_start": 0, "interval_step": 0.5, "interval_max": 2.0}
+PUBLISH_RETRY_POLICY = {"max_retries": 6, "interval_start": 0, "interval_step": 0.5, "interval_max": 2.0}  # ~7 s
 
 
 def create_celery_app(settings: Settings, *, name: str = "axiom") -> Celery:

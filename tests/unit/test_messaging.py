@@ -59,3 +59,16 @@ def test_plan_round_trips_through_plain_data():
     assert again.policy == plan.policy and again.sources == plan.sources and again.skipped == plan.skipped
     assert again.request.identifier.PatientID == "12345" and again.request.level is QueryLevel.STUDY
     assert [s.name for s in again.queried] == ["A"] and again.deadline == 1012.5 and again.cache_key == "span:1"
+
+
+@pytest.mark.parametrize("secret", [None, "too-short"])
+def test_the_coordinator_refuses_to_start_without_a_real_secret_key(monkeypatch, secret):
+    from services.spanner_coordinator.app import create_app
+
+    monkeypatch.setenv("RABBITMQ_URL", "amqp://guest:guest@broker:5672/axiom")
+    if secret is None:
+        monkeypatch.delenv("SECRET_KEY", raising=False)
+    else:
+        monkeypatch.setenv("SECRET_KEY", secret)
+    with pytest.raises(ValueError, match="SECRET_KEY must be set to at least 32"):
+        create_app(Settings())
