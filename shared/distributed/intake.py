@@ -242,13 +242,14 @@ def cancel_span(rt: SpanRuntime, query_id: str) -> dict[str, Any]:
 
 def sweep(rt: SpanRuntime, *, purge: bool = False) -> dict[str, int]:
     """Keep every deadline whatever happened to workers and messages: finalise open queries past their deadline,
-    send the plan message again for queries accepted but never planned, and (with `purge`) delete results past
+    send the plan message again (at most once per REPLAN_AFTER) for queries accepted but never planned, and (with `purge`) delete results past
     their retention. Safe in any number of coordinators at once (finalisation is a compare-and-set)."""
     now = datetime.fromtimestamp(rt.clock(), tz=timezone.utc)
     with rt.session_factory() as session:
         overdue = overdue_query_ids(session, now=now)
         stale = stale_accepted_query_ids(session, accepted_before=now - REPLAN_AFTER)
     finalised = sum(1 for query_id in overdue if finalize_span(rt, query_id) is not None)
+    stale = [query_id for query_id in stale if rt.store.claim_replan(query_id, REPLAN_AFTER.total_seconds())]
     for query_id in stale:
         rt.publish(PLAN_SPAN, [query_id], None)
     purged = 0

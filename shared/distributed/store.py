@@ -12,6 +12,7 @@ Keys (all under `prefix`, all expiring after `ttl_seconds`):
     span:<id>:released           set   sources whose finish already let the next pending source start
     span:<id>:next               int   how many of the plan's queried sources have been launched
     span:<id>:cancel             str   why outstanding work must stop (caller cancel, finalised); set once
+    span:<id>:replanned          flag  the plan message was sent again recently (expires after REPLAN_AFTER)
     span:<id>:result             JSON  the final result (shared.spanning.codec data)
     span:<id>:done               pub/sub channel: the span's status is published there when it is finalised
 
@@ -76,6 +77,11 @@ class SpanStore:
 
     def stop_reason(self, query_id: str) -> str | None:
         return self.redis.get(self._key(query_id, "cancel"))
+
+    def claim_replan(self, query_id: str, seconds: float) -> bool:
+        """True at most once per `seconds` for a query (coordinators re-sending a lost plan message do not flood
+        the queue while no worker takes it)."""
+        return bool(self.redis.set(self._key(query_id, "replanned"), "1", px=max(1, int(seconds * 1000)), nx=True))
 
     # launching -------------------------------------------------------------------------------------------------
     def claim_launches(self, query_id: str, count: int) -> int:

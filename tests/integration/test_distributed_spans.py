@@ -383,6 +383,7 @@ def test_the_sweep_sends_the_plan_again_for_a_query_never_planned(harness, monke
     harness.clock.advance(3)
     assert sweep(harness.rt) == {"finalised": 0, "replanned": 1, "purged": 0}
     assert harness.broker.ready() == [Message(PLAN_SPAN, (query_id,), None)]
+    assert sweep(harness.rt)["replanned"] == 0  # at most once per REPLAN_AFTER, not at every sweep
     harness.drain()
     assert describe_span(harness.rt, query_id)["status"] == "completed"
     assert sweep(harness.rt)["replanned"] == 0
