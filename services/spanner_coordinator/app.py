@@ -60,7 +60,9 @@ def create_app(settings: Settings, *, runtime: SpanRuntime | None = None, celery
             await app.state.async_redis.aclose()
             runtime.close()
 
-    app = FastAPI(title="Axiom spanner coordinator", version="1", lifespan=lifespan)
+    # No unauthenticated documentation routes: the OpenAPI schema is served to API-key holders only (below).
+    app = FastAPI(title="Axiom spanner coordinator", version="1", lifespan=lifespan, docs_url=None, redoc_url=None,
+                  openapi_url=None)
     app.state.runtime, app.state.celery, app.state.settings = runtime, celery_app, settings
     app.state.async_redis = _async_twin(runtime.store.redis)
     app.state.authenticator = ApiKeyAuthenticator(runtime.session_factory, secret.encode())
@@ -83,6 +85,11 @@ def _routes(app: FastAPI, runtime: SpanRuntime, settings: Settings) -> None:
         healthy = all(value == "ok" for value in checks.values())
         body = {"status": "healthy" if healthy else "unhealthy", "service": "spanner-coordinator", "checks": checks}
         return JSONResponse(body, status_code=200 if healthy else 503)
+
+    @app.get("/openapi.json", include_in_schema=False)
+    async def openapi(_principal: Principal) -> dict[str, Any]:
+        """The API's OpenAPI schema, for authenticated clients."""
+        return app.openapi()
 
     @app.post("/spanning-query", status_code=202)
     async def submit(request: Request, principal: Principal,

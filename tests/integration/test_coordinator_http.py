@@ -95,6 +95,15 @@ def test_every_other_route_needs_a_valid_unrevoked_key(api):
     assert bearer.status_code == 202
 
 
+def test_only_health_is_open_and_the_openapi_schema_needs_a_key(api):
+    client, _, admin, _ = api
+    for path in ("/docs", "/redoc"):
+        assert client.get(path).status_code == 404
+    assert client.get("/openapi.json").status_code == 401
+    schema = client.get("/openapi.json", headers={"X-API-Key": admin}).json()
+    assert set(schema["paths"]) == {"/health", "/spanning-query", "/spanning-query/{query_id}"}
+
+
 def test_a_query_is_accepted_then_polled_to_completion_with_paged_results(api):
     client, harness, admin, _ = api
     headers = {"X-API-Key": admin}
