@@ -176,8 +176,10 @@ def _checks(app: FastAPI) -> dict[str, str]:
         try:
             probe()
             checks[name] = "ok"
-        except Exception as exc:
-            checks[name] = f"error: {type(exc).__name__}: {exc}"[:300]
+        except Exception as exc:  # the details go to the log, not to unauthenticated callers (host names)
+            checks[name] = "unavailable"
+            log_event(logger, "health_check_failed", logging.WARNING, check=name,
+                      error=f"{type(exc).__name__}: {exc}"[:300])
     return checks
 
 
