@@ -15,15 +15,8 @@ from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from shared.db.base import Base, JsonType, UtcDateTime, utc_now
 from shared.db.models.source import Source
+from shared.retrieval.model import CmoveStrategy
 from shared.spanning.model import DedupStrategy, FailureStrategy
-
-
-class CmoveStrategy(str, PyEnum):
-    """How the spanning SCP serves C-MOVE (PS3.4 C.4.2)."""
-
-    DIRECT = "DIRECT"  # the chosen source sends straight to the move destination
-    PROXY = "PROXY"  # the spanner retrieves (C-GET/C-MOVE to itself) and forwards with C-STORE
-    HYBRID = "HYBRID"  # DIRECT when the source knows the destination AE, PROXY otherwise
 
 
 def _values(enum_cls: type[PyEnum]) -> list[str]:
