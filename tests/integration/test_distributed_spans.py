@@ -23,6 +23,8 @@ from tests.integration.distributed_fixtures import Message
 
 pytestmark = pytest.mark.integration
 RETRIEVE_AE_TITLE = "00080054"
+PROMPT = 3.0  # seconds a stopped source task may take to return (its scripted hang lasts HANG)
+HANG = 30.0
 
 
 def uid_of(match: dict) -> str:
@@ -106,7 +108,8 @@ def test_one_source_at_a_time_the_next_launched_only_when_the_previous_finished(
 
 def test_fail_fast_finalises_at_the_first_failure_and_cancels_the_others(harness):
     config = harness.add_config("fast", {"BAD": Script(query_failure="0xA700 out of resources"),
-                                         "SLOW1": Script(hang=True), "SLOW2": Script(hang=True)},
+                                         "SLOW1": Script(hang=True, hang_seconds=HANG),
+                                         "SLOW2": Script(hang=True, hang_seconds=HANG)},
                                 failure_strategy="FAIL_FAST")
     query_id = harness.accept(config)
     harness.step()  # PLAN_SPAN
@@ -117,7 +120,7 @@ def test_fail_fast_finalises_at_the_first_failure_and_cancels_the_others(harness
     started = time.monotonic()
     harness.deliver(held[(QUERY_SOURCE, "BAD")])
     harness.drain()  # waits for every source task: the hung ones must return promptly
-    assert time.monotonic() - started < 2.0
+    assert time.monotonic() - started < PROMPT
 
     view = describe_span(harness.rt, query_id)
     assert view["status"] == "failed"
@@ -132,7 +135,8 @@ def test_fail_fast_finalises_at_the_first_failure_and_cancels_the_others(harness
 
 def test_minimum_threshold_finalises_once_it_cannot_be_reached(harness):
     config = harness.add_config("threshold", {"BAD1": Script(query_failure="0xC000"),
-                                              "BAD2": Script(query_failure="0xC001"), "SLOW": Script(hang=True)},
+                                              "BAD2": Script(query_failure="0xC001"),
+                                              "SLOW": Script(hang=True, hang_seconds=HANG)},
                                 failure_strategy="MINIMUM_THRESHOLD", minimum_success_threshold=2)
     query_id = harness.accept(config)
     harness.step()
@@ -157,38 +161,35 @@ def test_minimum_threshold_finalises_once_it_cannot_be_reached(harness):
 
 # --- deadlines ---------------------------------------------------------------------------------------------------
 
-def test_a_hung_source_times_out_at_the_deadline_and_its_answers_so_far_count(harness):
-    config = harness.add_config("deadline", {"QUICK": Script(matches=[study("1.2.1")]),
-                                             "HUNG": Script(matches=[study("1.2.9")], hang=True)},
-                                query_timeout_seconds=3)
+def test_a_hung_source_times_out_at_the_real_deadline(harness):
+    config = harness.add_config("deadline", {"QUICK": Script(matches=[study("1.2.1")]), "HUNG": Script(hang=True)},
+                                query_timeout_seconds=1)
+    query_id = harness.accept(config)
+    harness.drain(wait_sources=False)
+    (finalize,) = harness.broker.delayed()
+    assert finalize.name == FINALIZE_SPAN and 0 < finalize.countdown <= 1.0
+    time.sleep(max(0.0, harness.query_log(query_id).deadline_at.timestamp() - time.time()))
+    harness.fire_delayed()  # the deadline task or HUNG's own watchdog, whichever comes first, ends it: same result
+
+    view = describe_span(harness.rt, query_id)
+    assert (view["status"], view["error"]) == ("partial", None)
+    assert {n: (e["status"], e["error"]) for n, e in sources_of(view).items()} == {
+        "QUICK": ("ok", None), "HUNG": ("timeout", "query deadline (1s) exceeded")}
+    assert [uid_of(m) for m in view["results"]] == ["1.2.1"] and harness.port.cancel_observed("HUNG")
+
+
+def test_the_deadline_task_times_out_running_and_never_started_sources_keeping_their_answers(harness):
+    config = harness.add_config("late", {"HUNG": Script(matches=[study("1.2.9")], hang=True, hang_seconds=HANG),
+                                         "NEXT": Script(matches=[study("1.2.1")])},
+                                priorities={"HUNG": 1, "NEXT": 2}, max_concurrent_sources=1,
+                                query_timeout_seconds=30)
     query_id = harness.accept(config)
     harness.drain(wait_sources=False)
     live = harness.wait_for(  # what arrived before the stall is in Redis (the live view), not stuck in a buffer
         lambda: (v := describe_span(harness.rt, query_id))["sources"][0]["match_count"] == 1 and v,
         what="HUNG's first answer in the live view")
-    assert live["status"] == "running" and statuses(live) == {"HUNG": "running", "QUICK": "ok"}
-    assert [uid_of(m) for m in live["results"]] == ["1.2.1", "1.2.9"]
-    (finalize,) = harness.broker.delayed()
-    assert finalize.name == FINALIZE_SPAN and 0 < finalize.countdown <= 3.0
-    time.sleep(max(0.0, harness.query_log(query_id).deadline_at.timestamp() - time.time()))
-    harness.fire_delayed()  # the deadline task (or the source's own watchdog, whichever came first) finalises
-
-    view = describe_span(harness.rt, query_id)
-    assert view["status"] == "partial" and view["error"] is None
-    assert {n: (e["status"], e["error"]) for n, e in sources_of(view).items()} == {
-        "QUICK": ("ok", None), "HUNG": ("timeout", "query deadline (3s) exceeded")}
-    assert [uid_of(m) for m in view["results"]] == ["1.2.1", "1.2.9"]
-    assert sources_of(view)["HUNG"]["match_count"] == 1
-    assert harness.port.cancel_observed("HUNG")
-
-
-def test_the_deadline_task_finalises_running_and_never_started_sources_as_timeout(harness):
-    config = harness.add_config("late", {"HUNG": Script(hang=True), "NEXT": Script(matches=[study("1.2.1")])},
-                                priorities={"HUNG": 1, "NEXT": 2}, max_concurrent_sources=1,
-                                query_timeout_seconds=30)
-    query_id = harness.accept(config)
-    harness.drain(wait_sources=False)
-    harness.wait_for(lambda: harness.port.calls_for("HUNG"), what="HUNG started")
+    assert live["status"] == "running" and statuses(live) == {"HUNG": "running", "NEXT": "pending"}
+    assert [uid_of(m) for m in live["results"]] == ["1.2.9"]
     assert harness.fire_delayed(wait_sources=False) == 1  # delivered early: it only schedules itself again
     (again,) = harness.broker.delayed()
     assert again.name == FINALIZE_SPAN and 29 < again.countdown <= 30 and harness.query_log(query_id).is_open
@@ -200,15 +201,30 @@ def test_the_deadline_task_finalises_running_and_never_started_sources_as_timeou
     assert {n: (e["status"], e["error"]) for n, e in sources_of(view).items()} == {
         "HUNG": ("timeout", "query deadline (30s) exceeded"),
         "NEXT": ("timeout", "not started before the query deadline (30s) exceeded")}
+    assert [uid_of(m) for m in view["results"]] == ["1.2.9"]  # a timed-out source's answers count (engine rule)
+    assert sources_of(view)["HUNG"]["match_count"] == 1
     assert harness.port.cancel_observed("HUNG") and harness.port.attempts("NEXT") == 0
     assert [m.args[1] for m in harness.broker.sent(QUERY_SOURCE)] == ["HUNG"]
+
+
+def test_a_sources_own_timeout_ends_it_long_before_the_span_deadline(harness):
+    config = harness.add_config("own", {"QUICK": Script(matches=[study("1.2.1")]),
+                                        "HUNG": Script(hang=True, hang_seconds=HANG)},
+                                timeouts={"HUNG": 0.5}, query_timeout_seconds=30)
+    query_id = harness.accept(config)
+    harness.drain()  # HUNG's watchdog ends it after 0.5 s; its outcome finalises the span
+    view = describe_span(harness.rt, query_id)
+    assert view["status"] == "partial" and not harness.broker.ready()
+    assert {n: (e["status"], e["error"]) for n, e in sources_of(view).items()} == {
+        "QUICK": ("ok", None), "HUNG": ("timeout", "source timeout (0.5s) exceeded")}
+    assert sources_of(view)["HUNG"]["latency_ms"] >= 500 and harness.port.cancel_observed("HUNG")
 
 
 # --- cancellation ------------------------------------------------------------------------------------------------
 
 def test_cancel_stops_a_hung_source_promptly_and_is_idempotent(harness):
     config = harness.add_config("cancel", {"QUICK": Script(matches=[study("1.2.1")]),
-                                           "HUNG": Script(hang=True, hang_seconds=20)})
+                                           "HUNG": Script(hang=True, hang_seconds=HANG)})
     query_id = harness.accept(config)
     harness.drain(wait_sources=False)
     harness.wait_for(lambda: harness.port.calls_for("HUNG") and harness.rt.store.has_outcome(query_id, "QUICK"))
@@ -217,8 +233,8 @@ def test_cancel_stops_a_hung_source_promptly_and_is_idempotent(harness):
     started = time.monotonic()
     answer = cancel_span(harness.rt, query_id)
     assert answer["status"] == "cancelled" and answer["query_id"] == query_id
-    assert harness.join_sources(timeout=1.0), "the hung source task did not return after the cancel"
-    assert time.monotonic() - started < 1.0 and harness.port.cancel_observed("HUNG")
+    assert harness.join_sources(timeout=PROMPT), "the hung source task did not return after the cancel"
+    assert time.monotonic() - started < PROMPT and harness.port.cancel_observed("HUNG")
     harness.drain()
     assert [m.args[1] for m in harness.broker.sent(SOURCE_FINISHED)] == ["QUICK"]  # a stopped query records nothing
 
@@ -253,6 +269,16 @@ def test_a_query_cancelled_before_it_was_planned_is_never_started(harness):
     assert harness.broker.sent(QUERY_SOURCE) == [] and harness.port.attempts("A") == 0
     view = describe_span(harness.rt, query_id)
     assert view["status"] == "cancelled" and statuses(view) == {"A": "cancelled"}
+
+
+def test_a_config_disabled_before_its_query_was_planned_fails_the_query(harness):
+    config = harness.add_config("switched", {"A": Script(matches=[study("1.2.1")])})
+    query_id = harness.accept(config)
+    harness.add_config("switched", {"A": Script(matches=[study("1.2.1")])}, is_enabled=False)
+    harness.drain()
+    assert harness.broker.sent(QUERY_SOURCE) == [] and harness.port.attempts("A") == 0
+    view = describe_span(harness.rt, query_id)
+    assert (view["status"], view["error"]) == ("failed", "spanner config 'switched' is disabled")
 
 
 # --- idempotency -------------------------------------------------------------------------------------------------
@@ -339,8 +365,8 @@ def test_a_finished_query_is_described_from_postgresql_after_redis_lost_everythi
 
 
 def test_redis_flushed_mid_span_the_sweep_finalises_it_at_the_deadline_from_postgresql(harness):
-    config = harness.add_config("flushed", {"QUICK": Script(matches=[study("1.2.1")]), "HUNG": Script(hang=True)},
-                                query_timeout_seconds=30)
+    config = harness.add_config("flushed", {"QUICK": Script(matches=[study("1.2.1")]),
+                                           "HUNG": Script(hang=True, hang_seconds=HANG)}, query_timeout_seconds=30)
     query_id = harness.accept(config)
     harness.drain(wait_sources=False)
     harness.wait_for(lambda: harness.port.calls_for("HUNG") and harness.rt.store.has_outcome(query_id, "QUICK"))
@@ -352,7 +378,7 @@ def test_redis_flushed_mid_span_the_sweep_finalises_it_at_the_deadline_from_post
 
     harness.clock.advance(30.5)
     assert sweep(harness.rt) == {"finalised": 1, "replanned": 0, "purged": 0}
-    assert harness.join_sources(timeout=1.0)  # the stop flag the finaliser wrote reached the hung task
+    assert harness.join_sources(timeout=PROMPT)  # the stop flag the finaliser wrote reached the hung task
     harness.fire_delayed()  # the deadline task arrives after the sweep: nothing left to do
     view = describe_span(harness.rt, query_id)
     assert view["status"] == "failed" and statuses(view) == {"HUNG": "timeout", "QUICK": "timeout"}
@@ -375,12 +401,12 @@ def test_the_sweep_finalises_an_overdue_query_whose_source_messages_were_lost(ha
 
 
 def test_the_sweep_sends_the_plan_again_for_a_query_never_planned(harness, monkeypatch):
-    monkeypatch.setattr(intake, "REPLAN_AFTER", timedelta(seconds=2))
+    monkeypatch.setattr(intake, "REPLAN_AFTER", timedelta(seconds=20))  # its Redis claim expires in real time
     config = harness.add_config("replan", {"A": Script(matches=[study("1.2.1")])})
     query_id = harness.accept(config)
     assert [m.name for m in harness.broker.drop_ready()] == [PLAN_SPAN]  # the first plan message was lost
     assert sweep(harness.rt)["replanned"] == 0
-    harness.clock.advance(3)
+    harness.clock.advance(21)
     assert sweep(harness.rt) == {"finalised": 0, "replanned": 1, "purged": 0}
     assert harness.broker.ready() == [Message(PLAN_SPAN, (query_id,), None)]
     assert sweep(harness.rt)["replanned"] == 0  # at most once per REPLAN_AFTER, not at every sweep
