@@ -23,7 +23,7 @@ from shared.provisioning import apply_config_yaml, export_config
 from shared.provisioning.yaml_source import load_located_yaml
 
 console = Console()
-config_app = typer.Typer(help="Declare sources and spanner configs in a YAML file, and show them.",
+config_app = typer.Typer(help="Declare sources, spanner configs and destinations in a YAML file, and show them.",
                          no_args_is_help=True)
 db_app = typer.Typer(help="Database schema migrations (Alembic).", no_args_is_help=True)
 ACTION_STYLE = {"created": "green", "updated": "yellow", "unchanged": "dim"}
@@ -38,10 +38,10 @@ def migrate_if_needed(url: str) -> None:
 
 @config_app.command("apply")
 def apply(
-    file: Path = typer.Argument(..., help="YAML file with `sources:` and `spanner_configs:`"),
+    file: Path = typer.Argument(..., help="YAML file with `sources:`, `spanner_configs:`, `destinations:`"),
     dry_run: bool = typer.Option(False, "--dry-run", help="validate and report, then roll back"),
 ) -> None:
-    """Create or update the file's sources and spanner configs (by name); running it twice changes nothing."""
+    """Create or update the file's sources, spanner configs and destinations; running it twice changes nothing."""
     url = get_settings().db.url
     with user_errors(url):
         text = file.read_text(encoding="utf-8")
@@ -67,7 +67,7 @@ def apply(
 
 @config_app.command("show")
 def show(as_json: bool = typer.Option(False, "--json", help="JSON instead of YAML")) -> None:
-    """Print the sources and spanner configs as a file `config apply` accepts (secrets masked)."""
+    """Print the sources, spanner configs and destinations as a file `config apply` accepts (secrets masked)."""
     url = get_settings().db.url
     with user_errors(url):
         if current_revision(url) is None:

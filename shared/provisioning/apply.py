@@ -1,9 +1,10 @@
-"""`apply_config_yaml`: make the database hold the sources and spanner configs a YAML file declares.
+"""`apply_config_yaml`: make the database hold the sources, spanner configs and destinations a YAML file declares.
 
-Declarative and idempotent: entries are upserted by name (omitted fields take their defaults), a config's `sources`
-list replaces its mappings, and applying the same file twice reports everything unchanged. Nothing not named in the
-file is deleted. The whole file is validated before anything is written; the caller owns the transaction (commit on
-success, roll back on error, as shared.db.session.session_scope does), so an error leaves the database unchanged.
+Declarative and idempotent: entries are upserted by name (destinations by AE title; omitted fields take their
+defaults), a config's `sources` list replaces its mappings, and applying the same file twice reports everything
+unchanged. Nothing not named in the file is deleted. The whole file is validated before anything is written; the
+caller owns the transaction (commit on success, roll back on error, as shared.db.session.session_scope does), so an
+error leaves the database unchanged.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from sqlalchemy.orm import Session
 
 from shared.config import ScpSettings
 from shared.connections import SOURCE_KINDS, parse_connection
+from shared.db.repo.destinations import upsert_destination
 from shared.db.repo.sources import get_source, list_sources, upsert_source
 from shared.db.repo.spanner_configs import (
     MappingSpec,
@@ -24,7 +26,7 @@ from shared.db.repo.spanner_configs import (
     replace_mappings,
     upsert_spanner_config,
 )
-from shared.provisioning.schema import ConfigFile, SourceEntryMeta, SpannerConfigEntry
+from shared.provisioning.schema import ConfigFile, DestinationEntry, SourceEntryMeta, SpannerConfigEntry
 from shared.provisioning.secrets import restore_masked
 from shared.provisioning.self_loop import own_scp_refusal
 from shared.provisioning.yaml_source import ConfigError, LocatedYaml, load_located_yaml, located_problem
@@ -36,8 +38,8 @@ Action = Literal["created", "updated", "unchanged"]
 class Change:
     """What applying did to one entry."""
 
-    entity: Literal["source", "spanner_config"]
-    name: str
+    entity: Literal["source", "spanner_config", "destination"]
+    name: str  # a destination's AE title
     action: Action
 
 
@@ -70,6 +72,7 @@ class _Source:
 class _Plan:
     sources: list[_Source] = field(default_factory=list)
     configs: list[tuple[tuple, SpannerConfigEntry]] = field(default_factory=list)
+    destinations: list[tuple[tuple, DestinationEntry]] = field(default_factory=list)
 
 
 def _validated(model: type[BaseModel], data: Any, doc: LocatedYaml, path: tuple, problems: list[str]) -> Any:
@@ -109,11 +112,12 @@ def _check_source(doc: LocatedYaml, path: tuple, entry: Any, session: Session, p
     return _Source(path=path, meta=meta, connection=connection)
 
 
-def _duplicates(doc: LocatedYaml, items: list[tuple[tuple, str]], what: str, problems: list[str]) -> None:
+def _duplicates(doc: LocatedYaml, items: list[tuple[tuple, str]], what: str, problems: list[str],
+                key: str = "name") -> None:
     seen: set[str] = set()
     for path, name in items:
         if name in seen:
-            problems.append(located_problem(doc, path + ("name",), f"{what} {name!r} is listed twice"))
+            problems.append(located_problem(doc, path + (key,), f"{what} {name!r} is listed twice"))
         seen.add(name)
 
 
@@ -160,8 +164,13 @@ def _plan(doc: LocatedYaml, session: Session, scp: ScpSettings) -> _Plan:
         config = _validated(SpannerConfigEntry, entry, doc, ("spanner_configs", index), problems)
         if config is not None:
             plan.configs.append((("spanner_configs", index), config))
+    for index, entry in enumerate(file.destinations):
+        destination = _validated(DestinationEntry, entry, doc, ("destinations", index), problems)
+        if destination is not None:
+            plan.destinations.append((("destinations", index), destination))
     _duplicates(doc, [(s.path, s.meta.name) for s in plan.sources], "source", problems)
     _duplicates(doc, [(p, c.name) for p, c in plan.configs], "spanner config", problems)
+    _duplicates(doc, [(p, d.ae_title) for p, d in plan.destinations], "destination", problems, key="ae_title")
     _check_references(doc, plan, session, problems)
     _check_self_loops(doc, plan, session, scp, problems)
     if problems:
@@ -195,11 +204,14 @@ def _write(session: Session, plan: _Plan) -> ApplyReport:
             if replace_mappings(session, config=config, mappings=specs) and action == "unchanged":
                 action = "updated"
         report.changes.append(Change("spanner_config", entry.name, action))
+    for _, destination in plan.destinations:
+        _, action = upsert_destination(session, **destination.model_dump())
+        report.changes.append(Change("destination", destination.ae_title, action))
     return report
 
 
 def apply_config_yaml(session: Session, text: str, *, scp: ScpSettings) -> ApplyReport:
-    """Validate the YAML `text` completely, then upsert its sources and spanner configs into `session`.
+    """Validate the YAML `text` completely, then upsert its sources, spanner configs and destinations into `session`.
 
     ConfigError (a ValueError) lists every problem as 'line N: field.path: message'; nothing is written then.
     Sources that point at this spanner's own SCP (`scp`, and the files' scp_ae_titles) are refused.

@@ -1,7 +1,7 @@
-"""`export_config`: the database's sources and spanner configs as a provisioning document (`axiom config show`).
+"""`export_config`: the database's sources, spanner configs and destinations as a provisioning document.
 
-The document round-trips: applying it back changes nothing. Secrets (passwords, tokens) are masked; applying a
-masked value keeps the stored secret.
+`axiom config show` prints it. The document round-trips: applying it back changes nothing. Secrets (passwords,
+tokens) are masked; applying a masked value keeps the stored secret.
 """
 
 from __future__ import annotations
@@ -10,7 +10,8 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from shared.db.models import Source, SpannerConfig, SpannerSourceMapping
+from shared.db.models import DicomDestination, Source, SpannerConfig, SpannerSourceMapping
+from shared.db.repo.destinations import list_destinations
 from shared.db.repo.sources import list_sources
 from shared.db.repo.spanner_configs import list_spanner_configs
 from shared.provisioning.secrets import mask_secrets
@@ -53,9 +54,23 @@ def export_spanner_config(config: SpannerConfig) -> dict[str, Any]:
     return entry
 
 
+def export_destination(destination: DicomDestination) -> dict[str, Any]:
+    """A destination entry: ae_title, host, port, and description / is_enabled when not the defaults."""
+    entry: dict[str, Any] = {"ae_title": destination.ae_title, "host": destination.host, "port": destination.port}
+    if destination.description is not None:
+        entry["description"] = destination.description
+    if not destination.is_enabled:
+        entry["is_enabled"] = False
+    return entry
+
+
 def export_config(session: Session) -> dict[str, Any]:
-    """{"sources": [...], "spanner_configs": [...]}, by name; accepted unchanged by apply_config_yaml."""
+    """{"sources": [...], "spanner_configs": [...], "destinations": [...]}, by name (destinations by AE title).
+
+    Accepted unchanged by apply_config_yaml.
+    """
     return {
         "sources": [export_source(s) for s in list_sources(session)],
         "spanner_configs": [export_spanner_config(c) for c in list_spanner_configs(session)],
+        "destinations": [export_destination(d) for d in list_destinations(session)],
     }

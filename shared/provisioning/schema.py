@@ -1,17 +1,18 @@
-"""The shape of a provisioning file (`axiom config apply`): sources and spanner configs with their mappings.
+"""The shape of a provisioning file (`axiom config apply`): sources, spanner configs with their mappings, destinations.
 
 A source entry is flat: name, kind, description, is_enabled, and its connection fields (shared/connections.py) beside
-them. Spanner config fields are the `spanner_configs` columns; omitted ones take the column defaults.
+them. Spanner config fields are the `spanner_configs` columns; omitted ones take the column defaults. A destination
+entry is a `dicom_destinations` row (C-MOVE destination), keyed by its AE title.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Any, Optional
+from typing import Annotated, Any, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
-from shared.connections import AE_TITLE_PATTERN
+from shared.connections import AE_TITLE_PATTERN, check_ae_title
 from shared.db.models import CmoveStrategy
 from shared.db.repo.spanner_configs import SPANNER_CONFIG_DEFAULTS
 from shared.spanning.model import DedupStrategy, FailureStrategy
@@ -20,6 +21,9 @@ SOURCE_ENTRY_FIELDS = ("name", "kind", "description", "is_enabled")
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$"
 
 _D = SPANNER_CONFIG_DEFAULTS
+
+# An AE title, checked and stripped (PS3.5 6.2); errors name the list index when it is an item of a list.
+AeTitle = Annotated[str, AfterValidator(check_ae_title)]
 
 
 class _Strict(BaseModel):
@@ -63,6 +67,7 @@ class SpannerConfigEntry(_Strict):
     supports_cmove: bool = _D["supports_cmove"]
     supports_cget: bool = _D["supports_cget"]
     scp_ae_title: Optional[str] = None
+    allowed_calling_ae_titles: Optional[list[AeTitle]] = None
     cache_ttl_seconds: int = Field(default=_D["cache_ttl_seconds"], ge=0)
     is_enabled: bool = _D["is_enabled"]
     sources: Optional[list[MappingEntry]] = None
@@ -81,13 +86,42 @@ class SpannerConfigEntry(_Strict):
             raise ValueError("an AE title is 1-16 printable ASCII characters without backslash (PS3.5 6.2)")
         return value.strip()
 
+    @field_validator("allowed_calling_ae_titles")
+    @classmethod
+    def _calling_ae_titles(cls, value: Optional[list[str]]) -> Optional[list[str]]:
+        """An empty list is stored as None (both mean: any calling AE); a title listed twice is refused."""
+        if not value:
+            return None
+        twice = sorted({title for title in value if value.count(title) > 1})
+        if twice:
+            raise ValueError(f"AE title(s) listed twice: {', '.join(twice)}")
+        return value
+
     def columns(self) -> dict[str, Any]:
         """The spanner_configs column values (everything but name and sources)."""
         return self.model_dump(exclude={"name", "sources"})
 
 
+class DestinationEntry(_Strict):
+    """One C-MOVE destination (`dicom_destinations`), upserted by its AE title (stored stripped)."""
+
+    ae_title: AeTitle
+    host: str = Field(min_length=1, max_length=255)
+    port: int = Field(ge=1, le=65535)
+    description: Optional[str] = None
+    is_enabled: bool = True
+
+    @field_validator("host")
+    @classmethod
+    def _host(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("host must not be empty")
+        return value.strip()
+
+
 class ConfigFile(_Strict):
-    """The whole file: both lists optional; anything not listed is left as it is in the database."""
+    """The whole file: every list optional; anything not listed is left as it is in the database."""
 
     sources: list[dict[str, Any]] = Field(default_factory=list)
     spanner_configs: list[dict[str, Any]] = Field(default_factory=list)
+    destinations: list[dict[str, Any]] = Field(default_factory=list)

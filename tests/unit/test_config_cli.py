@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from services.cli.config_cmd import register
 from shared.config import get_settings
 from shared.db.migrations import head_revision
-from tests.unit.test_provisioning import EXAMPLE
+from tests.unit.test_provisioning import EXAMPLE, SCP_EXAMPLE
 
 
 @pytest.fixture()
@@ -59,13 +59,27 @@ def test_dry_run_writes_nothing(cli, tmp_path):
     path = tmp_path / "axiom.yaml"
     path.write_text(EXAMPLE)
     assert "dry run" in cli("config", "apply", path, "--dry-run").output
-    assert yaml.safe_load(cli("config", "show").stdout) == {"sources": [], "spanner_configs": []}
+    assert yaml.safe_load(cli("config", "show").stdout) == {"sources": [], "spanner_configs": [], "destinations": []}
+
+
+def test_destinations_are_reported_shown_and_round_trip(cli, tmp_path):
+    path = tmp_path / "axiom.yaml"
+    path.write_text(SCP_EXAMPLE)
+    applied = cli("config", "apply", path)
+    assert applied.exit_code == 0, applied.output
+    assert "created   destination STORESCP" in applied.output and "5 created" in applied.output
+    document = yaml.safe_load(cli("config", "show").stdout)
+    assert [d["ae_title"] for d in document["destinations"]] == ["OFFLINE", "STORESCP"]
+    assert document["spanner_configs"][0]["allowed_calling_ae_titles"] == ["FINDSCU", "MOVESCU"]
+    path.write_text(cli("config", "show").stdout)
+    assert "0 created, 0 updated, 5 unchanged" in cli("config", "apply", path).output
 
 
 @pytest.mark.parametrize("text, expected", [
     ("sources: [", "invalid YAML at line 1"),
     (EXAMPLE.replace("port: 4242", "port: nope"), "line 2: sources[0].port:"),
     (EXAMPLE.replace("{source: WEB1", "{source: GHOST"), "unknown source 'GHOST'"),
+    (SCP_EXAMPLE.replace("port: 104", "port: 70000"), "line 16: destinations[1].port:"),
     (EXAMPLE.replace("ae_title: PACS0, host: 127.0.0.1, port: 4242", "ae_title: AXIOM_SPANNER, host: 127.0.0.1, port: 11114"),
      "points at this spanner's own SCP"),
 ])

@@ -180,3 +180,68 @@ def test_a_database_refusal_rolls_back_the_whole_file(factory, monkeypatch):
         apply(factory, EXAMPLE.replace("port: 4242", "port: 5555"))
     with factory() as session:
         assert session.scalar(select(Source).where(Source.name == "PACS0")).connection.port == 4242
+
+
+SCP_EXAMPLE = EXAMPLE.replace(
+    "    scp_ae_title: AXIOM_SPANNER\n",
+    "    scp_ae_title: AXIOM_SPANNER\n    allowed_calling_ae_titles: [' FINDSCU ', MOVESCU]\n") + """\
+destinations:
+  - {ae_title: STORESCP, host: 10.0.0.5, port: 11112, description: workstation}
+  - {ae_title: " OFFLINE ", host: 10.0.0.6, port: 104, is_enabled: false}
+"""
+
+
+def test_destinations_and_calling_ae_titles_are_applied(factory):
+    from shared.db.models import DicomDestination
+
+    report = apply(factory, SCP_EXAMPLE)
+    assert [(c.entity, c.name, c.action) for c in report.changes][-2:] == [
+        ("destination", "STORESCP", "created"), ("destination", "OFFLINE", "created")]
+    with factory() as session:
+        config = session.scalar(select(SpannerConfig).where(SpannerConfig.name == "main"))
+        assert config.allowed_calling_ae_titles == ["FINDSCU", "MOVESCU"]
+        rows = {d.ae_title: (d.host, d.port, d.description, d.is_enabled)
+                for d in session.scalars(select(DicomDestination))}
+        assert rows == {"STORESCP": ("10.0.0.5", 11112, "workstation", True),
+                        "OFFLINE": ("10.0.0.6", 104, None, False)}
+    assert apply(factory, SCP_EXAMPLE).summary() == "0 created, 0 updated, 5 unchanged"
+    changed = apply(factory, SCP_EXAMPLE.replace("port: 11112", "port: 11113").replace(", MOVESCU]", "]"))
+    assert [(c.name, c.action) for c in changed.changes if c.action != "unchanged"] == [
+        ("main", "updated"), ("STORESCP", "updated")]
+
+
+def test_empty_calling_ae_titles_mean_any_and_are_stored_as_none(factory):
+    apply(factory, SCP_EXAMPLE.replace("[' FINDSCU ', MOVESCU]", "[]"))
+    with factory() as session:
+        assert session.scalar(select(SpannerConfig.allowed_calling_ae_titles)) is None
+
+
+def test_export_round_trips_destinations_and_calling_ae_titles(factory):
+    apply(factory, SCP_EXAMPLE)
+    with factory() as session:
+        document = export_config(session)
+    assert document["destinations"] == [
+        {"ae_title": "OFFLINE", "host": "10.0.0.6", "port": 104, "is_enabled": False},
+        {"ae_title": "STORESCP", "host": "10.0.0.5", "port": 11112, "description": "workstation"}]
+    assert document["spanner_configs"][0]["allowed_calling_ae_titles"] == ["FINDSCU", "MOVESCU"]
+    dumped = yaml.safe_dump(document, sort_keys=False)
+    assert not apply(factory, dumped).changed
+    with factory() as session:
+        assert export_config(session) == document
+
+
+@pytest.mark.parametrize("old, new, expected", [
+    ("port: 11112", "port: 0", "line 15: destinations[0].port:"),
+    ("ae_title: STORESCP", "ae_title: WAY_TOO_LONG_AE_TITLE", "line 15: destinations[0].ae_title:"),
+    ("host: 10.0.0.5", 'host: " "', "line 15: destinations[0].host:"),
+    ("ae_title: STORESCP, host: 10.0.0.5", "ae_title: STORESCP, hostname: 10.0.0.5",
+     "line 15: destinations[0].hostname:"),
+    ('" OFFLINE "', "STORESCP", "line 16: destinations[1].ae_title: destination 'STORESCP' is listed twice"),
+    ("MOVESCU]", "'BAD\\AE']", "line 10: spanner_configs[0].allowed_calling_ae_titles[1]:"),
+    ("MOVESCU]", "FINDSCU]", "line 10: spanner_configs[0].allowed_calling_ae_titles: Value error, AE title(s) "
+                             "listed twice: FINDSCU"),
+])
+def test_bad_destinations_and_calling_ae_titles_are_located(factory, old, new, expected):
+    assert old in SCP_EXAMPLE
+    assert expected in problem_of(factory, SCP_EXAMPLE.replace(old, new, 1))
+    assert counts(factory) == (0, 0, 0)

@@ -7,15 +7,17 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from pydantic import ValidationError
 from pydicom import Dataset
-from sqlalchemy import delete, select
+from sqlalchemy import delete, insert, select
 from sqlalchemy.exc import IntegrityError
 
 from shared.connections import DicomwebConnection, DimseConnection
-from shared.db.models import Base, Source, SpannerConfig, SpannerSourceMapping
+from shared.db.models import Base, DicomDestination, Source, SpannerConfig, SpannerSourceMapping
+from shared.db.repo.destinations import delete_destination, get_destination, list_destinations, upsert_destination
 from shared.db.repo.query_logs import finish_query_log, get_query_log, list_query_logs, start_query_log
 from shared.db.repo.sources import get_source, list_sources, upsert_source
 from shared.db.repo.spanner_configs import (
     MappingSpec,
+    get_config_by_scp_ae_title,
     get_spanner_config,
     load_span_plan,
     replace_mappings,
@@ -126,6 +128,73 @@ def test_foreign_keys_cascade_and_restrict(session):
     session.rollback()
     session.execute(delete(SpannerConfig).where(SpannerConfig.id == config.id))
     assert session.scalars(select(SpannerSourceMapping)).all() == []
+
+
+def test_destinations_upsert_get_list_delete(session):
+    assert upsert_destination(session, ae_title=" STORESCP ", host=" ws1 ", port=11112).action == "created"
+    assert upsert_destination(session, ae_title="STORESCP", host="ws1", port=11112).action == "unchanged"
+    updated = upsert_destination(session, ae_title="STORESCP", host="ws1", port=104, description="workstation")
+    assert updated.action == "updated" and (updated.row.ae_title, updated.row.port) == ("STORESCP", 104)
+    upsert_destination(session, ae_title="OFF", host="ws2", port=104, is_enabled=False)
+    session.commit()
+    assert get_destination(session, ae_title="  STORESCP").host == "ws1"
+    assert get_destination(session, ae_title="storescp") is None  # exact match
+    assert get_destination(session, ae_title="OFF") is None
+    assert get_destination(session, ae_title="OFF", include_disabled=True).port == 104
+    assert [d.ae_title for d in list_destinations(session)] == ["OFF", "STORESCP"]
+    assert [d.ae_title for d in list_destinations(session, enabled_only=True)] == ["STORESCP"]
+    assert delete_destination(session, ae_title="OFF ") is True
+    assert delete_destination(session, ae_title="OFF") is False
+    assert [d.ae_title for d in list_destinations(session)] == ["STORESCP"]
+
+
+@pytest.mark.parametrize("fields, match", [
+    ({"ae_title": "BAD\\AE"}, "AE title"),
+    ({"ae_title": "WAY_TOO_LONG_AE_TITLE"}, "AE title"),
+    ({"port": 0}, "port"),
+    ({"port": 65536}, "port"),
+    ({"host": "  "}, "host"),
+])
+def test_destination_values_are_validated(session, fields, match):
+    with pytest.raises(ValueError, match=match):
+        upsert_destination(session, **{"ae_title": "DEST", "host": "h", "port": 104, **fields})
+    with pytest.raises(ValueError, match=match):
+        DicomDestination(**{"ae_title": "DEST", "host": "h", "port": 104, **fields})
+
+
+def test_destination_port_check_constraint(session):
+    session.execute(insert(DicomDestination.__table__).values(ae_title="RAW", host="h", port=1))
+    with pytest.raises(IntegrityError, match="port_range"):
+        session.execute(insert(DicomDestination.__table__).values(ae_title="RAW2", host="h", port=70000))
+
+
+def test_config_by_scp_ae_title_only_enabled_dimse_configs(session):
+    upsert_spanner_config(session, name="main", scp_ae_title="AXIOM", allowed_calling_ae_titles=["FINDSCU"])
+    upsert_spanner_config(session, name="web", scp_ae_title="WEBONLY", supports_dimse_scp=False)
+    upsert_spanner_config(session, name="off", scp_ae_title="OFF", is_enabled=False)
+    session.commit()
+    config = get_config_by_scp_ae_title(session, ae_title=" AXIOM ")
+    assert config.name == "main" and config.allowed_calling_ae_titles == ["FINDSCU"]
+    assert get_config_by_scp_ae_title(session, ae_title="WEBONLY") is None
+    assert get_config_by_scp_ae_title(session, ae_title="OFF") is None
+    assert get_config_by_scp_ae_title(session, ae_title="NOPE") is None
+
+
+def test_calling_ae_titles_default_to_none_and_upsert_cleanly(session):
+    config, _ = upsert_spanner_config(session, name="main")
+    session.commit()
+    session.expire_all()
+    assert config.allowed_calling_ae_titles is None
+    assert upsert_spanner_config(session, name="main").action == "unchanged"
+    assert upsert_spanner_config(session, name="main", allowed_calling_ae_titles=["A", "B"]).action == "updated"
+    session.commit()
+    session.expire_all()
+    assert config.allowed_calling_ae_titles == ["A", "B"]
+    assert upsert_spanner_config(session, name="main", allowed_calling_ae_titles=["A", "B"]).action == "unchanged"
+    assert upsert_spanner_config(session, name="main").action == "updated"  # omitted: back to the default
+    session.commit()
+    session.expire_all()
+    assert config.allowed_calling_ae_titles is None
 
 
 def result(query_id: str, status: SpanStatus = SpanStatus.PARTIAL) -> SpanResult:

@@ -2,6 +2,7 @@
 
 from shared.db.base import Base
 from shared.db.models.api_key import ApiKey, Role
+from shared.db.models.destination import DicomDestination
 from shared.db.models.query_log import QueryLogStatus, QueryType, SpannerQueryLog, SpannerQueryResult
 from shared.db.models.source import Source
 from shared.db.models.spanner import CmoveStrategy, SpannerConfig, SpannerSourceMapping
@@ -10,6 +11,7 @@ __all__ = [
     "ApiKey",
     "Base",
     "CmoveStrategy",
+    "DicomDestination",
     "QueryLogStatus",
     "QueryType",
     "Role",

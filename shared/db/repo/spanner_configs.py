@@ -59,6 +59,19 @@ def get_spanner_config(session: Session, *, id: int | None = None, name: str | N
     return session.scalar(select(SpannerConfig).where(SpannerConfig.name == name))
 
 
+def get_config_by_scp_ae_title(session: Session, *, ae_title: str) -> SpannerConfig | None:
+    """The enabled config with supports_dimse_scp answering on this SCP AE title (stripped, exact), or None.
+
+    The Called AE Title of an association request (PS3.8 7.1.1.4) picks the config; spaces around it are not
+    significant (PS3.5 6.2).
+    """
+    return session.scalar(select(SpannerConfig).where(
+        SpannerConfig.scp_ae_title == ae_title.strip(),
+        SpannerConfig.is_enabled.is_(True),
+        SpannerConfig.supports_dimse_scp.is_(True),
+    ))
+
+
 def list_spanner_configs(session: Session, *, enabled_only: bool = False) -> list[SpannerConfig]:
     """All spanner configs by name, with their mappings loaded."""
     query = select(SpannerConfig).options(selectinload(SpannerConfig.mappings)).order_by(SpannerConfig.name)
