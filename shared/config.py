@@ -32,7 +32,11 @@ class DatabaseSettings(BaseSettings):
 
 
 class ScpSettings(BaseSettings):
-    """The spanning SCP this instance runs (used to refuse sources that point back at it)."""
+    """The spanning SCP this instance runs (services.listener; also used to refuse sources that point back at it).
+
+    `ae_title` is the listener's own storage AE title: sources send there what the spanner retrieves from them with
+    C-MOVE (PROXY strategy). Queries are answered on each spanner config's `scp_ae_title`.
+    """
 
     model_config = SettingsConfigDict(extra="ignore")
 
@@ -40,6 +44,10 @@ class ScpSettings(BaseSettings):
     host: str = Field(default="0.0.0.0", alias="AXIOM_SCP_HOST")
     port: int = Field(default=11114, alias="AXIOM_SCP_PORT")
     calling_ae_title: str = Field(default="AXIOM", alias="AXIOM_CALLING_AE_TITLE")
+    listener_type: str = Field(default="spanning-scp", alias="AXIOM_LISTENER_TYPE")
+    max_associations: int = Field(default=64, ge=1, le=1024, alias="AXIOM_SCP_MAX_ASSOCIATIONS")
+    spool_dir: Path | None = Field(default=None, alias="AXIOM_SPOOL_DIR")
+    spool_max_mb: float = Field(default=512.0, gt=0, alias="AXIOM_SPOOL_MAX_MB")
 
 
 class DistributedSettings(BaseSettings):

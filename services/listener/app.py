@@ -1,0 +1,77 @@
+"""The listener service: builds the spanning SCP from settings and runs it (`python -m services.listener`).
+
+`Listener(settings)` wires the database, the span client, the association gate and the handlers; `start()` binds
+AXIOM_SCP_HOST:AXIOM_SCP_PORT (0.0.0.0:11114) and serves in background threads, `stop()` ends it. Tests and the
+embedded demo build one the same way, with their own settings.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Callable
+
+from services.listener.gate import AssociationGate
+from services.listener.handlers import ScpHandlers
+from services.listener.server import build_ae, start_server
+from shared.config import Settings
+from shared.db.session import make_engine, make_sessionmaker
+from shared.logging import log_event
+from shared.span_client import InProcessSpanClient
+
+logger = logging.getLogger(__name__)
+LISTENER_TYPES = ("spanning-scp",)
+
+
+class Listener:
+    """One spanning SCP on one port. Not started until `start()`."""
+
+    def __init__(self, settings: Settings, *, session_factory: Callable | None = None,
+                 span_client: InProcessSpanClient | None = None) -> None:
+        if settings.scp.listener_type not in LISTENER_TYPES:
+            raise ValueError(f"AXIOM_LISTENER_TYPE={settings.scp.listener_type!r}: expected one of "
+                             f"{', '.join(LISTENER_TYPES)}")
+        self.settings = settings
+        self._engine = None
+        if session_factory is None:
+            self._engine = make_engine(settings.db.url)
+            session_factory = make_sessionmaker(self._engine)
+        self.session_factory = session_factory
+        self._own_client = span_client is None
+        self.client = span_client or InProcessSpanClient(session_factory=session_factory)
+        self.gate = AssociationGate(session_factory, storage_ae_title=settings.scp.ae_title)
+        self.handlers = ScpHandlers(gate=self.gate, span_client=self.client, session_factory=session_factory)
+        self.ae = build_ae(settings.scp.ae_title, maximum_associations=settings.scp.max_associations)
+        self._server = None
+
+    @property
+    def port(self) -> int:
+        """The bound port (useful with AXIOM_SCP_PORT=0)."""
+        if self._server is None:
+            raise RuntimeError("the listener is not started")
+        return self._server.server_address[1]
+
+    def start(self) -> "Listener":
+        scp = self.settings.scp
+        self._server = start_server(self.ae, (scp.host, scp.port), gate=self.gate, move_server=None,
+                                    evt_handlers=self.handlers.bindings())
+        log_event(logger, "scp_listener_started", host=scp.host, port=self.port,
+                  instance_id=self.settings.instance_id, storage_ae_title=scp.ae_title,
+                  served_ae_titles=self.gate.served_ae_titles())
+        return self
+
+    def stop(self) -> None:
+        """Stop accepting, abort what is still open, release the span client and the database."""
+        if self._server is not None:
+            self.ae.shutdown()
+            self._server = None
+            log_event(logger, "scp_listener_stopped", instance_id=self.settings.instance_id)
+        if self._own_client:
+            self.client.close()
+        if self._engine is not None:
+            self._engine.dispose()
+
+    def __enter__(self) -> "Listener":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
