@@ -78,7 +78,7 @@ def retrieve_request(identifier: Dataset, sop_class: str, *, query_id: str | Non
     level, model = request_level(identifier, sop_class)
     keys = Dataset()
     for keyword in parent_unique_keys(level, model) + (UNIQUE_KEYS[level],):
-        value = str(identifier.get(keyword) or "").strip()
+        value = _text(identifier.get(keyword)).strip()
         if not value:
             raise IdentifierError(f"{keyword} is required at the {level.value} level")
         if keyword == "PatientID":
@@ -94,11 +94,17 @@ def retrieve_request(identifier: Dataset, sop_class: str, *, query_id: str | Non
 
 def _validate(tag: int, vr: str, value: object) -> None:
     keyword = keyword_for_tag(tag) or f"({tag >> 16:04X},{tag & 0xFFFF:04X})"
-    text = "\\".join(str(v) for v in value) if isinstance(value, (MultiValue, list, tuple)) else str(value)
     try:
-        validate_value(keyword, str(vr or _dictionary_vr(tag)), text)
+        validate_value(keyword, str(vr or _dictionary_vr(tag)), _text(value))
     except QueryKeyError as exc:
         raise IdentifierError(str(exc)) from None
+
+
+def _text(value: object) -> str:
+    """An element value as its DICOM string form (multiple values joined with backslash)."""
+    if value is None:
+        return ""
+    return "\\".join(str(v) for v in value) if isinstance(value, (MultiValue, list, tuple)) else str(value)
 
 
 def _dictionary_vr(tag: int) -> str:
