@@ -1,6 +1,8 @@
 """The listener service: builds the spanning SCP from settings and runs it (`python -m services.listener`).
 
-`Listener(settings)` wires the database, the span client, the association gate and the handlers; `start()` binds
+`Listener(settings)` wires the database, the span client (in-process, or through the distributed coordinator
+path when RABBITMQ_URL and REDIS_URL are set: shared.distributed.client), the association gate, the retrieval
+services and the handlers; `start()` binds
 AXIOM_SCP_HOST:AXIOM_SCP_PORT (0.0.0.0:11114) and serves in background threads, `stop()` ends it. Tests and the
 embedded demo build one the same way, with their own settings.
 """
@@ -12,11 +14,15 @@ from typing import Callable
 
 from services.listener.gate import AssociationGate
 from services.listener.handlers import ScpHandlers
+from services.listener.retrieve_handlers import RetrieveHandlers
+from services.listener.retrieve_scp import RetrieveScp
 from services.listener.server import build_ae, start_server
 from shared.config import Settings
 from shared.db.session import make_engine, make_sessionmaker
+from shared.distributed.client import span_client_for
 from shared.logging import log_event
-from shared.span_client import InProcessSpanClient
+from shared.retrieval.inbox import Inbox
+from shared.retrieval_services import RetrievalServices
 
 logger = logging.getLogger(__name__)
 LISTENER_TYPES = ("spanning-scp",)
@@ -26,7 +32,7 @@ class Listener:
     """One spanning SCP on one port. Not started until `start()`."""
 
     def __init__(self, settings: Settings, *, session_factory: Callable | None = None,
-                 span_client: InProcessSpanClient | None = None) -> None:
+                 span_client=None) -> None:
         if settings.scp.listener_type not in LISTENER_TYPES:
             raise ValueError(f"AXIOM_LISTENER_TYPE={settings.scp.listener_type!r}: expected one of "
                              f"{', '.join(LISTENER_TYPES)}")
@@ -37,9 +43,18 @@ class Listener:
             session_factory = make_sessionmaker(self._engine)
         self.session_factory = session_factory
         self._own_client = span_client is None
-        self.client = span_client or InProcessSpanClient(session_factory=session_factory)
-        self.gate = AssociationGate(session_factory, storage_ae_title=settings.scp.ae_title)
-        self.handlers = ScpHandlers(gate=self.gate, span_client=self.client, session_factory=session_factory)
+        self.client = span_client or span_client_for(settings, session_factory)
+        scp = settings.scp
+        self.gate = AssociationGate(session_factory, storage_ae_title=scp.ae_title)
+        self.inbox = Inbox()
+        self.handlers = ScpHandlers(gate=self.gate, span_client=self.client, session_factory=session_factory,
+                                    inbox=self.inbox)
+        self.retrievals = RetrievalServices(
+            span_client=self.client, calling_ae_title=scp.calling_ae_title, self_ae_title=scp.ae_title,
+            inbox=self.inbox, spool_dir=scp.spool_dir, spool_max_bytes=int(scp.spool_max_mb * 2**20))
+        retrieve = RetrieveHandlers(gate=self.gate, plans=self.handlers.plan, services=self.retrievals,
+                                    session_factory=session_factory)
+        self.retrieve_scp = RetrieveScp(move=retrieve.move, get=retrieve.get)
         self.ae = build_ae(settings.scp.ae_title, maximum_associations=settings.scp.max_associations)
         self._server = None
 
@@ -52,7 +67,7 @@ class Listener:
 
     def start(self) -> "Listener":
         scp = self.settings.scp
-        self._server = start_server(self.ae, (scp.host, scp.port), gate=self.gate, move_server=None,
+        self._server = start_server(self.ae, (scp.host, scp.port), gate=self.gate, retrieve_server=self.retrieve_scp.serve,
                                     evt_handlers=self.handlers.bindings())
         log_event(logger, "scp_listener_started", host=scp.host, port=self.port,
                   instance_id=self.settings.instance_id, storage_ae_title=scp.ae_title,

@@ -5,8 +5,7 @@
   for a C-MOVE to the spanner) and, through SCP/SCU role selection, as SCU (C-STORE sub-operations of a C-GET on the
   caller's association, PS3.4 C.4.3, PS3.7 D.3.3.4).
 * Each association gets `GatedACSE` (services.listener.gate: called AE -> config, calling AE allowlist) and is a
-  `SpanningAssociation`, which hands C-MOVE requests to services.listener.move_scp: pynetdicom's own C-MOVE SCP
-  always makes the sub-operations itself, while the DIRECT strategy relays the holding archive's counts.
+  `SpanningAssociation`, which hands C-MOVE and C-GET requests to services.listener.retrieve_scp (why: see there).
   Relies on pynetdicom 3.0's RequestHandler._create_association and Association._serve_request (pinned in
   pyproject.toml).
 """
@@ -23,7 +22,7 @@ from pydicom.uid import (
 )
 from pynetdicom import AE, StoragePresentationContexts
 from pynetdicom.association import Association
-from pynetdicom.dimse_primitives import C_MOVE
+from pynetdicom.dimse_primitives import C_GET, C_MOVE
 from pynetdicom.sop_class import Verification
 from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
@@ -40,7 +39,7 @@ STORAGE_TRANSFER_SYNTAXES = [
 ]
 QUERY_RETRIEVE = (PATIENT_ROOT_FIND, PATIENT_ROOT_MOVE, PATIENT_ROOT_GET, STUDY_ROOT_FIND, STUDY_ROOT_MOVE,
                   STUDY_ROOT_GET)
-MoveServer = Callable[[Association, C_MOVE, object], None]
+RetrieveServer = Callable[[Association, C_MOVE | C_GET, object], None]
 
 
 def build_ae(ae_title: str, *, maximum_associations: int = 64, network_timeout: float = 60.0) -> AE:
@@ -58,19 +57,19 @@ def build_ae(ae_title: str, *, maximum_associations: int = 64, network_timeout: 
 
 
 class SpanningAssociation(Association):
-    """An acceptor association whose C-MOVE requests go to the listener's own C-MOVE SCP."""
+    """An acceptor association whose C-MOVE and C-GET requests go to the listener's own SCP (retrieve_scp.py)."""
 
-    move_server: MoveServer | None = None
+    retrieve_server: RetrieveServer | None = None
 
     def _serve_request(self, msg, context_id: int) -> None:  # type: ignore[override]
         context = self._accepted_cx.get(context_id)
-        if not isinstance(msg, C_MOVE) or self.move_server is None or context is None or self._sent_release:
+        if not isinstance(msg, (C_MOVE, C_GET)) or self.retrieve_server is None or context is None or self._sent_release:
             super()._serve_request(msg, context_id)
             return
         self.dimse.cancel_req = {}  # as pynetdicom does around every SCP call
         self._is_paused = True
         try:
-            self.move_server(self, msg, context)
+            self.retrieve_server(self, msg, context)
         finally:
             self._is_paused = False
             self.dimse.cancel_req = {}
@@ -80,27 +79,27 @@ class _GatedRequestHandler(RequestHandler):
     def _create_association(self) -> Association:
         assoc = super()._create_association()
         assoc.__class__ = SpanningAssociation  # same object, with the C-MOVE routing above
-        assoc.move_server = self.server.move_server
+        assoc.retrieve_server = self.server.retrieve_server
         assoc.acse = GatedACSE(assoc, self.server.gate)
         return assoc
 
 
 class SpanningServer(ThreadedAssociationServer):
-    """pynetdicom's threaded server with the gate and the C-MOVE SCP; made by `start_server`."""
+    """pynetdicom's threaded server with the gate and the retrieve SCP; made by `start_server`."""
 
     gate: AssociationGate
-    move_server: MoveServer | None
+    retrieve_server: RetrieveServer | None
 
-    def __init__(self, *args, gate: AssociationGate, move_server: MoveServer | None, **kwargs) -> None:
-        self.gate, self.move_server = gate, move_server
+    def __init__(self, *args, gate: AssociationGate, retrieve_server: RetrieveServer | None, **kwargs) -> None:
+        self.gate, self.retrieve_server = gate, retrieve_server
         super().__init__(*args, request_handler=_GatedRequestHandler, **kwargs)
 
 
-def start_server(ae: AE, address: tuple[str, int], *, gate: AssociationGate, move_server: MoveServer | None,
+def start_server(ae: AE, address: tuple[str, int], *, gate: AssociationGate, retrieve_server: RetrieveServer | None,
                  evt_handlers: list) -> SpanningServer:
     """Start serving on `address` in background threads (stop with `.shutdown()`), like AE.start_server(block=False)."""
     def make(*args, **kwargs) -> SpanningServer:
-        return SpanningServer(*args, gate=gate, move_server=move_server, **kwargs)
+        return SpanningServer(*args, gate=gate, retrieve_server=retrieve_server, **kwargs)
 
     server = ae.make_server(address, evt_handlers=[*CONNECTION_HANDLERS, *evt_handlers], server_class=make)
     thread = threading.Thread(target=server.serve_forever, name=f"scp-server-{address[1]}", daemon=True)

@@ -65,11 +65,12 @@ class Batch:
         return expected_total(self.entities)
 
 
-def locate_request(request: RetrieveRequest) -> SpanRequest:
+def locate_request(request: RetrieveRequest, query_type: str = "C-FIND") -> SpanRequest:
     """The spanning C-FIND that locates `request`'s entities (PS3.4 C.4.2.2): its unique keys as matching keys (a
     list of UIDs at its level is List of UID matching, C.2.2.2.2), the parents' unique keys it lacks as return keys,
     and the return keys that size the retrieval: NumberOf*RelatedInstances, or SOPClassUID at IMAGE level.
-    A fresh query_id: each locate is a span of its own (query logs key on it)."""
+    A fresh query_id: each locate is a span of its own (query logs key on it), logged as `query_type` (the
+    retrieval it serves: C-MOVE or C-GET)."""
     identifier = Dataset()
     for keyword in parent_unique_keys(request.level, request.model) + (UNIQUE_KEYS[request.level],):
         setattr(identifier, keyword, key_text(request.identifier.get(keyword)))
@@ -77,7 +78,7 @@ def locate_request(request: RetrieveRequest) -> SpanRequest:
         setattr(identifier, COUNT_KEYS[request.level], None)
     else:
         identifier.SOPClassUID = ""
-    return SpanRequest(level=request.level, identifier=identifier, model=request.model)
+    return SpanRequest(level=request.level, identifier=identifier, model=request.model, query_type=query_type)
 
 
 def instances_request(entity: Entity, sop_instance_uids: Iterable[str], model: InformationModel) -> RetrieveRequest:

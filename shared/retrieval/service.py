@@ -172,7 +172,7 @@ class RetrievalService:
         found: dict[str, Entity] = {}
         for entity in batch.entities:
             request = instances_request(entity, sorted(wanted), job.request.model)
-            result = self._span(locate_request(request), job)
+            result = self._span(locate_request(request, job.operation), job)
             if isinstance(result, RetrieveOutcome):
                 return None
             found.update((instance.uid, instance) for instance in located_entities(request, result)
@@ -183,7 +183,7 @@ class RetrievalService:
 
     def _find_entities(self, job: Job) -> list[Entity]:
         """Locate the job's entities (PS3.4 C.4.2.2); on failure, sets the job's early outcome and returns []."""
-        result = self._span(locate_request(job.request), job)
+        result = self._span(locate_request(job.request, job.operation), job)
         if isinstance(result, RetrieveOutcome):
             job.early = result
             return []
