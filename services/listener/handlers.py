@@ -78,7 +78,7 @@ class ScpHandlers:
         self._plans_lock = threading.Lock()
 
     def bindings(self) -> list[tuple]:
-        """The (event, handler) pairs for pynetdicom (C-MOVE is served by services.listener.move_scp)."""
+        """The (event, handler) pairs for pynetdicom (C-MOVE and C-GET are served by services.listener.retrieve_scp)."""
         return [(evt.EVT_C_ECHO, self.on_echo), (evt.EVT_C_FIND, self.on_find), (evt.EVT_C_STORE, self.on_store)]
 
     # -- plans -------------------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from typing import Iterator
 
 import pytest
 from pydicom import Dataset
-from pynetdicom import AE
+from pynetdicom import AE, StoragePresentationContexts, build_role, evt
 from pynetdicom.sop_class import Verification
 
 from services.listener.app import Listener
@@ -24,7 +24,7 @@ from shared.config import Settings
 from shared.db.migrations import upgrade_to_head
 from shared.db.repo.query_logs import list_query_logs
 from shared.db.session import make_engine, make_sessionmaker
-from shared.dicom.levels import PATIENT_ROOT_FIND, STUDY_ROOT_FIND, QueryLevel
+from shared.dicom.levels import PATIENT_ROOT_FIND, STUDY_ROOT_FIND, STUDY_ROOT_GET, STUDY_ROOT_MOVE, QueryLevel
 from shared.provisioning.apply import apply_config_yaml
 from tests.peers import free_port
 
@@ -35,6 +35,7 @@ sources:
   - {{name: B, kind: dimse, ae_title: B, host: 127.0.0.1, port: {b}}}
   - {{name: SLOW, kind: dimse, ae_title: SLOW, host: 127.0.0.1, port: {slow}}}
   - {{name: DOWN, kind: dimse, ae_title: DOWN, host: 127.0.0.1, port: {down}, connect_timeout: 1}}
+  - {{name: NOGET, kind: dimse, ae_title: NOGET, host: 127.0.0.1, port: {noget}, supports_cget: false}}
 spanner_configs:
   - name: main
     scp_ae_title: SPAN
@@ -56,6 +57,12 @@ spanner_configs:
     deduplication_strategy: FIRST_WINS
     query_timeout_seconds: 30
     sources: [{{source: A}}, {{source: SLOW}}]
+  - name: mover
+    scp_ae_title: MOVER
+    cmove_strategy: PROXY
+    sources: [{{source: NOGET}}]
+destinations:
+  - {{ae_title: WS, host: 127.0.0.1, port: {ws}}}
 """
 
 
@@ -64,7 +71,8 @@ class Stack:
         catalogs = overlapping_catalogs(11, ["A", "B"], studies=8, patients=4, shared_fraction=0.5)
         self.catalogs = catalogs
         self.archives = [PacsSimulator("A", "A", catalogs["A"]), PacsSimulator("B", "B", catalogs["B"]),
-                         PacsSimulator("SLOW", "SLOW", catalogs["B"], faults=Faults(latency=20.0))]
+                         PacsSimulator("SLOW", "SLOW", catalogs["B"], faults=Faults(latency=20.0)),
+                         PacsSimulator("NOGET", "NOGET", catalogs["A"])]
         for archive in self.archives:
             archive.start()
         self.settings = Settings()
@@ -73,13 +81,27 @@ class Stack:
         upgrade_to_head(self.settings.db.url)
         self.engine = make_engine(self.settings.db.url)
         self.sessions = make_sessionmaker(self.engine)
-        a, b, slow = (archive.dimse_port for archive in self.archives)
+        self.received: list[Dataset] = []
+        self.workstation = AE(ae_title="WS")
+        for context in StoragePresentationContexts:
+            self.workstation.add_supported_context(context.abstract_syntax)
+        self.ws_server = self.workstation.start_server(
+            ("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_STORE, self._receive)])
+        a, b, slow, noget = (archive.dimse_port for archive in self.archives)
         with self.sessions.begin() as session:
-            apply_config_yaml(session, CONFIG.format(a=a, b=b, slow=slow, down=free_port()), scp=self.settings.scp)
+            apply_config_yaml(session, CONFIG.format(a=a, b=b, slow=slow, down=free_port(), noget=noget,
+                                                     ws=self.ws_server.server_address[1]), scp=self.settings.scp)
         self.listener = Listener(self.settings, session_factory=self.sessions).start()
+        # NOGET answers a C-MOVE to the listener's own storage AE (the PROXY path for a source without C-GET)
+        self.archives[3].dimse.move_destinations["AXIOM_SPANNER"] = ("127.0.0.1", self.listener.port)
+
+    def _receive(self, event) -> int:
+        self.received.append(event.dataset)
+        return 0x0000
 
     def close(self) -> None:
         self.listener.stop()
+        self.workstation.shutdown()
         for archive in self.archives:
             archive.stop()
         self.engine.dispose()
@@ -190,3 +212,52 @@ def test_c_cancel_stops_the_span_and_ends_with_cancel(stack):
     assoc.release()
     with stack.sessions() as session:
         assert any(log.status.value == "cancelled" for log in list_query_logs(session))
+
+
+def study_keys(uid: str) -> Dataset:
+    identifier = Dataset()
+    identifier.QueryRetrieveLevel, identifier.StudyInstanceUID = "STUDY", uid
+    return identifier
+
+
+def instances_of(stack: Stack, catalog: str, study_uid: str) -> set[str]:
+    return {str(r.SOPInstanceUID) for r in stack.catalogs[catalog].records(QueryLevel.IMAGE)
+            if r.StudyInstanceUID == study_uid}
+
+
+def test_c_move_proxy_through_the_listeners_own_storage_ae(stack):
+    study_uid = str(stack.catalogs["A"].records(QueryLevel.STUDY)[0].StudyInstanceUID)
+    stack.received.clear()
+    assoc = associate(stack, "MOVER", contexts=(STUDY_ROOT_MOVE,))
+    responses = list(assoc.send_c_move(study_keys(study_uid), "WS", STUDY_ROOT_MOVE))
+    assoc.release()
+    *pending, (final, _) = responses
+    expected = instances_of(stack, "A", study_uid)
+    assert final.Status == 0x0000 and final.NumberOfCompletedSuboperations == len(expected)
+    assert pending and all(status.Status == 0xFF00 for status, _ in pending)
+    assert sorted(str(ds.SOPInstanceUID) for ds in stack.received) == sorted(expected)  # each once
+
+
+def test_c_move_to_an_unknown_destination_is_0xa801(stack):
+    assoc = associate(stack, "MOVER", contexts=(STUDY_ROOT_MOVE,))
+    (final, _), = list(assoc.send_c_move(study_keys("1.2.3"), "NOBODY", STUDY_ROOT_MOVE))
+    assoc.release()
+    assert final.Status == 0xA801 and "NOBODY" in final.ErrorComment
+
+
+def test_c_get_returns_the_instances_on_the_callers_association(stack):
+    study_uid = str(stack.catalogs["B"].records(QueryLevel.STUDY)[-1].StudyInstanceUID)
+    got: list[Dataset] = []
+    ae = AE(ae_title="GETSCU")
+    ae.add_requested_context(STUDY_ROOT_GET)
+    roles = []
+    for context in StoragePresentationContexts[:100]:
+        ae.add_requested_context(context.abstract_syntax)
+        roles.append(build_role(context.abstract_syntax, scp_role=True))
+    assoc = ae.associate("127.0.0.1", stack.listener.port, ae_title="SPAN", ext_neg=roles,
+                         evt_handlers=[(evt.EVT_C_STORE, lambda event: got.append(event.dataset) or 0x0000)])
+    *_, (final, _) = list(assoc.send_c_get(study_keys(study_uid), STUDY_ROOT_GET))
+    assoc.release()
+    expected = instances_of(stack, "B", study_uid)
+    assert final.Status == 0x0000 and final.NumberOfCompletedSuboperations == len(expected)
+    assert sorted(str(ds.SOPInstanceUID) for ds in got) == sorted(expected)
