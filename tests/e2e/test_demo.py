@@ -17,5 +17,5 @@ def test_demo_runs_every_scenario_and_passes_its_checks(tmp_path):
                           env=env, cwd=REPO, timeout=180)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "Demo complete" in proc.stdout and "✗" not in proc.stdout
-    assert proc.stdout.count("✓") == 6
+    assert proc.stdout.count("✓") == 8
     assert (tmp_path / "axiom.db").exists()
