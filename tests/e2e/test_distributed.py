@@ -20,7 +20,11 @@ from typing import Iterator
 
 import pytest
 
+from pydicom import Dataset
+from pynetdicom import AE
+
 from services.pacs_sim import Faults, PacsSimulator
+from shared.dicom.levels import STUDY_ROOT_FIND
 from services.pacs_sim.catalog import generate_catalog, instance_dataset, overlapping_catalogs
 from tests.peers import free_port, require
 from tests.peers.orthanc import OrthancPeer, orthanc_available
@@ -52,7 +56,9 @@ CONFIGS = {  # spanner config -> (sources, query_timeout_seconds)
     "e2e-flush": (("sim-a", "sim-b"), 20),
     "e2e-hung": (("sim-a", "sim-b", "sim-h"), HUNG_DEADLINE),
     "e2e-cancel": (("sim-a", "sim-h"), 30),
+    "e2e-scp": (("sim-a", "sim-b", "orthanc"), 20),  # answered on the listener's AE title SCP_AE
 }
+SCP_AE = "E2E_SPAN"
 
 
 class FindTracker:
@@ -125,6 +131,7 @@ def _config_yaml(world: World, orthanc: OrthancPeer) -> str:
                 "query_timeout_seconds": timeout, "sources": [{"source": s, "priority": i + 1}
                                                                for i, s in enumerate(names)]}
                for name, (names, timeout) in CONFIGS.items()]
+    configs[list(CONFIGS).index("e2e-scp")]["scp_ae_title"] = SCP_AE
     return json.dumps({"sources": sources, "spanner_configs": configs}, indent=1)  # JSON is YAML
 
 
@@ -163,6 +170,7 @@ def world(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureReque
         applied = stack.run_cli("config", "apply", str(config_file))
         assert f"{len(SIMULATORS) + 1 + len(CONFIGS)} created, 0 updated, 0 unchanged" in applied.stdout
         stack.wait_ready(timeout=60)
+        stack.start_listener()
         with stack.tails_on_failure(request.config, when=lambda item: item.module is request.module):
             yield world
     finally:
@@ -376,3 +384,23 @@ def test_cancel_stops_the_outstanding_source_query(world):
         finals = list(pool.map(lambda _: wait_final(client, submit(client, "e2e-flush"), timeout=10), range(2)))
     for final in finals:
         assert_all_ok(final, world, "e2e-flush")
+
+
+def test_the_spanning_scp_answers_through_the_distributed_path(world):
+    """A workstation's C-FIND on the listener process (RABBITMQ_URL and REDIS_URL set): accepted by the coordinator
+    intake, run by the workers, answered as pending responses, each study once."""
+    ae = AE(ae_title="E2E_WS")
+    ae.add_requested_context(STUDY_ROOT_FIND)
+    assoc = ae.associate("127.0.0.1", world.stack.listener_port, ae_title=SCP_AE)
+    assert assoc.is_established
+    identifier = Dataset()
+    identifier.QueryRetrieveLevel, identifier.StudyInstanceUID, identifier.PatientID = "STUDY", "", ""
+    try:
+        *pending, (final, _) = list(assoc.send_c_find(identifier, STUDY_ROOT_FIND))
+    finally:
+        assoc.release()
+    uids = [str(ds.StudyInstanceUID) for _, ds in pending]
+    assert final.Status == 0x0000 and "ErrorComment" not in final
+    assert sorted(uids) == sorted(world.expected("e2e-scp"))  # each study once
+    accepted = log_events(world.stack.listener, "distributed_span_accepted")
+    assert accepted, world.stack.listener.tail()

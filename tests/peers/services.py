@@ -336,6 +336,8 @@ class DistributedStack:
         self.worker_log_level = worker_log_level or log_level
         self.coordinator: ServiceProcess | None = None
         self.coordinator_port: int | None = None
+        self.listener: ServiceProcess | None = None
+        self.listener_port: int | None = None
         self.workers: list[ServiceProcess] = []
         self.retired: list[ServiceProcess] = []  # killed or stopped workers (their logs still count)
         self.api_key: str | None = None
@@ -365,7 +367,7 @@ class DistributedStack:
     def close(self) -> None:
         """Stop every process (process groups), then remove the vhost, the Redis index and the database."""
         errors = []
-        processes = [*self.workers, *([self.coordinator] if self.coordinator else [])]
+        processes = [*self.workers, *(p for p in (self.coordinator, self.listener) if p is not None)]
         for process in processes:  # SIGTERM to all first: they shut down in parallel
             process.signal_group(signal.SIGTERM)
         for process in processes:
@@ -402,6 +404,23 @@ class DistributedStack:
         env = self.env(AXIOM_COORDINATOR_HOST="127.0.0.1", AXIOM_COORDINATOR_PORT=str(self.coordinator_port))
         self.coordinator = self._process("coordinator", "services.spanner_coordinator", env).start()
         return self.coordinator
+
+    def start_listener(self, timeout: float = 30.0) -> ServiceProcess:
+        """`python -m services.listener` (the spanning DIMSE SCP) on a free loopback port, in the distributed mode
+        (the stack's environment names RabbitMQ and Redis); returns once the port accepts connections."""
+        self.listener_port = free_port()
+        env = self.env(AXIOM_SCP_HOST="127.0.0.1", AXIOM_SCP_PORT=str(self.listener_port),
+                       AXIOM_INSTANCE_ID="e2e-listener")
+        self.listener = self._process("listener", "services.listener", env).start()
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.listener_port), timeout=0.5).close()
+                return self.listener
+            except OSError:
+                if time.monotonic() > deadline or not self.listener.running:
+                    raise AssertionError(f"listener not listening in time\n{self.listener.tail()}")
+                time.sleep(0.1)
 
     def start_worker(self, *, worker_type: str = "all", concurrency: int = 4) -> ServiceProcess:
         self._count += 1
@@ -507,7 +526,7 @@ class DistributedStack:
         return None
 
     def all_processes(self) -> list[ServiceProcess]:
-        return [p for p in [self.coordinator, *self.workers, *self.retired] if p is not None]
+        return [p for p in [self.coordinator, self.listener, *self.workers, *self.retired] if p is not None]
 
     def tails(self, lines: int = 30) -> str:
         return "\n".join(f"----- {p.describe()}: last {lines} lines of {p.log_path} -----\n{p.tail(lines)}"
