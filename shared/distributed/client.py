@@ -35,10 +35,8 @@ import logging
 import time
 from typing import Any, Callable, Iterator, Sequence
 
-from sqlalchemy import update
 
 from shared.config import Settings
-from shared.db.models import SpannerQueryLog
 from shared.db.repo.query_logs import get_query_result
 from shared.dicom.dicom_json import dataset_from_json, dataset_to_json
 from shared.distributed.intake import (
@@ -132,7 +130,8 @@ class DistributedSpanClient:
             accepted = accept_span(
                 self.rt, config_id=config_id, config_name=None, query_type=request.query_type,
                 query_level=request.level.value, keys=dataset_to_json(request.identifier),
-                requester=Requester(user=requester.get("user"), address=requester.get("address")))
+                requester=Requester(user=requester.get("user"), address=requester.get("address"),
+                                    ae_title=requester.get("ae_title")))
         except Exception as exc:  # SpanRequestError (4xx/503) and anything else: a failure status, not a crash
             error = str(exc) if isinstance(exc, SpanRequestError) else \
                 f"could not accept the query: {type(exc).__name__}: {exc}"
@@ -143,18 +142,7 @@ class DistributedSpanClient:
         query_id = accepted["query_id"]
         log_event(logger, "distributed_span_accepted", query_id=query_id, request_query_id=request.query_id,
                   spanner_config_id=config_id, requester_ae_title=requester.get("ae_title"))
-        if requester.get("ae_title"):
-            self._record_ae_title(query_id, str(requester["ae_title"]))
         return query_id
-
-    def _record_ae_title(self, query_id: str, ae_title: str) -> None:
-        """intake.Requester has no AE title: write it into the query log the accept just made (best effort)."""
-        try:
-            with self.rt.session_factory.begin() as session:
-                session.execute(update(SpannerQueryLog).where(SpannerQueryLog.query_id == query_id)
-                                .values(requester_ae_title=ae_title[:16]))
-        except Exception as exc:
-            log_event(logger, "requester_ae_title_not_recorded", logging.WARNING, query_id=query_id, error=str(exc))
 
     def _wait(self, query_id: str, cancel: CancelToken, give_up: float,
               live: _LiveMatches | None) -> Iterator[Match]:

@@ -49,10 +49,12 @@ class SpanRequestError(Exception):
 
 @dataclass(frozen=True)
 class Requester:
-    """Who asked: the API key's name (RBAC: non-admins see only their own queries) and address."""
+    """Who asked: the API key's name (RBAC: non-admins see only their own queries), address, and the calling AE
+    title when the query came through the spanning DIMSE SCP."""
 
     user: str | None = None
     address: str | None = None
+    ae_title: str | None = None
 
 
 def check_query_id(query_id: str) -> str:
@@ -79,6 +81,7 @@ def accept_span(rt: SpanRuntime, *, config_id: int | None, config_name: str | No
         accepted = datetime.fromtimestamp(rt.clock(), tz=timezone.utc)
         log = start_query_log(session, query_id=query_id, config_id=config.id, query_type=kind, level=level.value,
                         filters=dataset_to_json(identifier), requester_user=requester.user,
+                        requester_ae_title=requester.ae_title,
                         client_address=requester.address, status=QueryLogStatus.ACCEPTED,
                         deadline_at=accepted + timedelta(seconds=config.query_timeout_seconds))
         config_label = config.name
