@@ -18,8 +18,7 @@ What differs from the in-process client, and why:
   SpanResult carry), not `request.query_id`; both are logged together (`distributed_span_accepted`).
 * intake derives the information model from the level (shared.dicom.levels.default_model) and validates the keys
   again (shared.dicom.query_keys.identifier_from_mapping: no sequence keys; default return keys are added when the
-  identifier has none), and its Requester has no AE title: the client writes the caller's AE title into the query
-  log right after the accept.
+  identifier has none); the caller's AE title goes into the query log through intake.Requester.
 * FIRST_WINS streams from the live view (intake.describe_span, polled every `poll_seconds`): matches are yielded
   the first time the caller sees their dedup key. While two sources that both hold a key are still running, the
   live merge's winner for it may differ from the final one (the distributed merge orders sources by when they
