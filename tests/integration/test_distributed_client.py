@@ -245,4 +245,4 @@ def test_without_the_done_channel_the_client_polls_is_finished(harness, monkeypa
     with workers(harness):
         result = client.run(find(), plan.sources, plan.policy, config_id=config)
     assert result.status is SpanStatus.COMPLETED and uids(result.matches) == ["1.2.1"]
-    assert time.monotonic() - started < 1.0  # noticed within a poll, not at the hard cap
+    assert time.monotonic() - started < 5.0  # noticed within polls, long before the hard cap (30 + 10 s)
