@@ -50,15 +50,16 @@ class RetrieveScp:
             return
         token, done = CancelToken(), threading.Event()
         watcher = threading.Thread(target=_watch_cancel, args=(assoc, req.MessageID, token, done), daemon=True,
-                                   name="c-move-cancel-watch")
+                                   name="retrieve-cancel-watch")
         watcher.start()
+        stream = self._runs[type(req)](assoc, req, identifier, token)
         try:
-            outcome = yield_progress(self._runs[type(req)](assoc, req, identifier, token),
-                                     lambda progress: _send_pending(assoc, req, context, progress))
+            outcome = yield_progress(stream, lambda progress: _send_pending(assoc, req, context, progress))
         except Exception as exc:  # a bug must still end the request with a status, never leave the caller hanging
             logger.exception("%s failed", req.msg_type)
             outcome = RetrieveOutcome(UNABLE_TO_PROCESS, error_comment=f"{type(exc).__name__}: {exc}")
         finally:
+            stream.close()  # ended early (the caller's association is gone): the retrieval cleans up now
             done.set()
         if assoc.is_established:
             _send(assoc, req, context, outcome)
