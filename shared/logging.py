@@ -34,8 +34,8 @@ class JsonFormatter(logging.Formatter):
         message = record.getMessage()
         if message != payload["event"]:
             payload["message"] = message
-        for key, value in vars(record).items():
-            if key not in _RESERVED and key != "event" and not key.startswith("_"):
+        for key, value in vars(record).items():  # extra fields never replace the fixed ones (level, service, ...)
+            if key not in _RESERVED and key not in payload and not key.startswith("_"):
                 payload[key] = "***" if key.lower() in SECRET_FIELDS else value
         if record.exc_info:
             payload["exception"] = self.formatException(record.exc_info)

@@ -163,11 +163,14 @@ class ScpHandlers:
 
 
 def response_identifier(match: Dataset, request: SpanRequest, binding: Binding) -> Dataset:
-    """A merged match as a C-FIND response identifier: the Query/Retrieve Level (PS3.4 C.4.1.1.3.2) and, when it
-    was asked for, the spanner's own AE title as RetrieveAETitle (the caller retrieves through the spanner)."""
+    """A merged match as a C-FIND response identifier: the Query/Retrieve Level (PS3.4 C.4.1.1.3.2) and, only when
+    it was asked for (C.4.1.2.3), RetrieveAETitle — the spanner's own AE title, not the holders' (the merge lists
+    those): the caller retrieves through the spanner."""
     response = Dataset()
     response.update(match)
     response.QueryRetrieveLevel = request.level.value
     if "RetrieveAETitle" in request.identifier:
         response.RetrieveAETitle = binding.called_ae
+    elif "RetrieveAETitle" in response:
+        del response.RetrieveAETitle
     return response

@@ -53,7 +53,7 @@ class Job:
     def fields(self, **more: Any) -> dict[str, Any]:
         """Correlation fields for log events."""
         study = key_text(self.request.identifier.get("StudyInstanceUID"))
-        base = {"query_id": self.request.query_id, "operation": self.operation, "level": self.request.level.value,
+        base = {"query_id": self.request.query_id, "operation": self.operation, "query_level": self.request.level.value,
                 "study_uid": study or None, "destination": self.destination}
         return {**base, **more}
 

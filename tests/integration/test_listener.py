@@ -175,6 +175,7 @@ def test_every_level_is_spanned(stack, level, model, keyword):
     matches, final = find(stack, "SPAN", keys, model)
     assert final.Status == 0x0000
     assert sorted(str(m.get(keyword)) for m in matches) == sorted(stack.unique(QueryLevel(level), keyword))
+    assert not any("RetrieveAETitle" in m for m in matches)  # only keys that were asked for (PS3.4 C.4.1.2.3)
 
 
 def test_an_invalid_identifier_is_0xa900_with_an_error_comment(stack):
