@@ -67,7 +67,8 @@ class Listener:
 
     def start(self) -> "Listener":
         scp = self.settings.scp
-        self._server = start_server(self.ae, (scp.host, scp.port), gate=self.gate, retrieve_server=self.retrieve_scp.serve,
+        self._server = start_server(self.ae, (scp.host, scp.port), gate=self.gate,
+                                    retrieve_server=self.retrieve_scp.serve, find_handler=self.handlers.on_find,
                                     evt_handlers=self.handlers.bindings())
         log_event(logger, "scp_listener_started", host=scp.host, port=self.port,
                   instance_id=self.settings.instance_id, storage_ae_title=scp.ae_title,

@@ -78,8 +78,9 @@ class ScpHandlers:
         self._plans_lock = threading.Lock()
 
     def bindings(self) -> list[tuple]:
-        """The (event, handler) pairs for pynetdicom (C-MOVE and C-GET are served by services.listener.retrieve_scp)."""
-        return [(evt.EVT_C_ECHO, self.on_echo), (evt.EVT_C_FIND, self.on_find), (evt.EVT_C_STORE, self.on_store)]
+        """The (event, handler) pairs for pynetdicom. C-FIND (`on_find`) is served by services.listener.find_scp,
+        C-MOVE and C-GET by services.listener.retrieve_scp."""
+        return [(evt.EVT_C_ECHO, self.on_echo), (evt.EVT_C_STORE, self.on_store)]
 
     # -- plans -------------------------------------------------------------------------------------------------
 
@@ -167,7 +168,7 @@ def response_identifier(match: Dataset, request: SpanRequest, binding: Binding) 
     it was asked for (C.4.1.2.3), RetrieveAETitle — the spanner's own AE title, not the holders' (the merge lists
     those): the caller retrieves through the spanner."""
     response = Dataset()
-    response.update(match)
+    response._dict.update(match._dict)  # a shallow copy: the match's elements are not changed, only added to
     response.QueryRetrieveLevel = request.level.value
     if "RetrieveAETitle" in request.identifier:
         response.RetrieveAETitle = binding.called_ae

@@ -5,7 +5,8 @@
   for a C-MOVE to the spanner) and, through SCP/SCU role selection, as SCU (C-STORE sub-operations of a C-GET on the
   caller's association, PS3.4 C.4.3, PS3.7 D.3.3.4).
 * Each association gets `GatedACSE` (services.listener.gate: called AE -> config, calling AE allowlist) and is a
-  `SpanningAssociation`, which hands C-MOVE and C-GET requests to services.listener.retrieve_scp (why: see there).
+  `SpanningAssociation`, which hands C-FIND requests to services.listener.find_scp and C-MOVE and C-GET requests
+  to services.listener.retrieve_scp (why: see there).
   Relies on pynetdicom 3.0's RequestHandler._create_association and Association._serve_request (pinned in
   pyproject.toml).
 """
@@ -22,10 +23,11 @@ from pydicom.uid import (
 )
 from pynetdicom import AE, StoragePresentationContexts
 from pynetdicom.association import Association
-from pynetdicom.dimse_primitives import C_GET, C_MOVE
+from pynetdicom.dimse_primitives import C_FIND, C_GET, C_MOVE
 from pynetdicom.sop_class import Verification
 from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
+from services.listener.find_scp import FindHandler, serve_find
 from services.listener.gate import AssociationGate, GatedACSE
 from shared.adapters.dimse_network import CONNECTION_HANDLERS
 from shared.dicom.levels import (
@@ -57,19 +59,27 @@ def build_ae(ae_title: str, *, maximum_associations: int = 64, network_timeout: 
 
 
 class SpanningAssociation(Association):
-    """An acceptor association whose C-MOVE and C-GET requests go to the listener's own SCP (retrieve_scp.py)."""
+    """An acceptor association whose C-FIND, C-MOVE and C-GET requests go to the listener's own SCPs (find_scp.py,
+    retrieve_scp.py); everything else to pynetdicom's."""
 
     retrieve_server: RetrieveServer | None = None
+    find_handler: FindHandler | None = None
 
     def _serve_request(self, msg, context_id: int) -> None:  # type: ignore[override]
         context = self._accepted_cx.get(context_id)
-        if not isinstance(msg, (C_MOVE, C_GET)) or self.retrieve_server is None or context is None or self._sent_release:
+        if isinstance(msg, C_FIND) and self.find_handler is not None:
+            serve = lambda: serve_find(self, msg, context, self.find_handler)  # noqa: E731
+        elif isinstance(msg, (C_MOVE, C_GET)) and self.retrieve_server is not None:
+            serve = lambda: self.retrieve_server(self, msg, context)  # noqa: E731
+        else:
+            serve = None
+        if serve is None or context is None or self._sent_release:
             super()._serve_request(msg, context_id)
             return
         self.dimse.cancel_req = {}  # as pynetdicom does around every SCP call
         self._is_paused = True
         try:
-            self.retrieve_server(self, msg, context)
+            serve()
         finally:
             self._is_paused = False
             self.dimse.cancel_req = {}
@@ -80,6 +90,7 @@ class _GatedRequestHandler(RequestHandler):
         assoc = super()._create_association()
         assoc.__class__ = SpanningAssociation  # same object, with the C-MOVE routing above
         assoc.retrieve_server = self.server.retrieve_server
+        assoc.find_handler = self.server.find_handler
         assoc.acse = GatedACSE(assoc, self.server.gate)
         return assoc
 
@@ -89,17 +100,19 @@ class SpanningServer(ThreadedAssociationServer):
 
     gate: AssociationGate
     retrieve_server: RetrieveServer | None
+    find_handler: FindHandler | None
 
-    def __init__(self, *args, gate: AssociationGate, retrieve_server: RetrieveServer | None, **kwargs) -> None:
-        self.gate, self.retrieve_server = gate, retrieve_server
+    def __init__(self, *args, gate: AssociationGate, retrieve_server: RetrieveServer | None,
+                 find_handler: FindHandler | None, **kwargs) -> None:
+        self.gate, self.retrieve_server, self.find_handler = gate, retrieve_server, find_handler
         super().__init__(*args, request_handler=_GatedRequestHandler, **kwargs)
 
 
 def start_server(ae: AE, address: tuple[str, int], *, gate: AssociationGate, retrieve_server: RetrieveServer | None,
-                 evt_handlers: list) -> SpanningServer:
+                 find_handler: FindHandler | None, evt_handlers: list) -> SpanningServer:
     """Start serving on `address` in background threads (stop with `.shutdown()`), like AE.start_server(block=False)."""
     def make(*args, **kwargs) -> SpanningServer:
-        return SpanningServer(*args, gate=gate, retrieve_server=retrieve_server, **kwargs)
+        return SpanningServer(*args, gate=gate, retrieve_server=retrieve_server, find_handler=find_handler, **kwargs)
 
     server = ae.make_server(address, evt_handlers=[*CONNECTION_HANDLERS, *evt_handlers], server_class=make)
     thread = threading.Thread(target=server.serve_forever, name=f"scp-server-{address[1]}", daemon=True)

@@ -119,15 +119,17 @@ def stack(tmp_path_factory) -> Iterator[Stack]:
         built.close()
 
 
-def associate(stack: Stack, called: str, calling: str = "FINDSCU", contexts=(STUDY_ROOT_FIND, PATIENT_ROOT_FIND)):
+def associate(stack: Stack, called: str, calling: str = "FINDSCU", contexts=(STUDY_ROOT_FIND, PATIENT_ROOT_FIND),
+              max_pdu: int = 16382):
     ae = AE(ae_title=calling)
     for context in (*contexts, Verification):
         ae.add_requested_context(context)
-    return ae.associate("127.0.0.1", stack.listener.port, ae_title=called)
+    return ae.associate("127.0.0.1", stack.listener.port, ae_title=called, max_pdu=max_pdu)
 
 
-def find(stack: Stack, called: str, keys: dict, model: str = STUDY_ROOT_FIND) -> tuple[list[Dataset], Dataset]:
-    assoc = associate(stack, called)
+def find(stack: Stack, called: str, keys: dict, model: str = STUDY_ROOT_FIND,
+         max_pdu: int = 16382) -> tuple[list[Dataset], Dataset]:
+    assoc = associate(stack, called, max_pdu=max_pdu)
     assert assoc.is_established
     identifier = Dataset()
     for keyword, value in keys.items():
@@ -163,6 +165,14 @@ def test_study_level_answers_are_the_union_each_study_once(stack):
     assert final.Status == 0x0000 and "ErrorComment" not in final
     assert sorted(uids) == sorted(stack.unique(QueryLevel.STUDY, "StudyInstanceUID"))
     assert {m.RetrieveAETitle for m in matches} == {"SPAN"} and {m.QueryRetrieveLevel for m in matches} == {"STUDY"}
+
+
+def test_pending_responses_are_fragmented_to_the_callers_maximum_pdu_length(stack):
+    keys = {"QueryRetrieveLevel": "STUDY", "StudyInstanceUID": "", "PatientName": "", "StudyDescription": ""}
+    small, final = find(stack, "SPAN", keys, max_pdu=128)  # every response needs several PDUs (PS3.8 9.3.5)
+    assert final.Status == 0x0000
+    large, _ = find(stack, "SPAN", keys)
+    assert [m.to_json_dict() for m in small] == [m.to_json_dict() for m in large] and small
 
 
 @pytest.mark.parametrize("level, model, keyword", [
