@@ -2,9 +2,8 @@
 
 `Listener(settings)` wires the database, the span client (in-process, or through the distributed coordinator
 path when RABBITMQ_URL and REDIS_URL are set: shared.distributed.client), the association gate, the retrieval
-services and the handlers; `start()` binds
-AXIOM_SCP_HOST:AXIOM_SCP_PORT (0.0.0.0:11114) and serves in background threads, `stop()` ends it. Tests and the
-embedded demo build one the same way, with their own settings.
+services and the handlers; `start()` binds AXIOM_SCP_HOST:AXIOM_SCP_PORT (0.0.0.0:11114) and serves in background
+threads, `stop()` ends it. Tests and the embedded demo build one the same way, with their own settings.
 """
 
 from __future__ import annotations
