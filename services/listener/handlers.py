@@ -32,7 +32,6 @@ from shared.db.repo.spanner_configs import SpanPlan, load_span_plan
 from shared.dicom.charset import decode_dataset
 from shared.dicom.scp_requests import IdentifierError, find_request
 from shared.logging import log_event
-from shared.span_client import InProcessSpanClient
 from shared.spanning.model import Match, SpanRequest, SpanResult
 from shared.spanning.ports import CancelToken
 
@@ -71,9 +70,10 @@ class CancelWatcher:
 
 
 class ScpHandlers:
-    """The handlers of one listener: the gate (bindings), the span client and the configs' plans."""
+    """The handlers of one listener: the gate (bindings), the span client (shared.span_client.InProcessSpanClient or
+    shared.distributed.client.DistributedSpanClient: the same run/stream interface) and the configs' plans."""
 
-    def __init__(self, *, gate: AssociationGate, span_client: InProcessSpanClient, session_factory: Callable,
+    def __init__(self, *, gate: AssociationGate, span_client, session_factory: Callable,
                  inbox=None, clock: Callable[[], float] = time.monotonic) -> None:
         self.gate, self.client, self.session_factory, self.inbox = gate, span_client, session_factory, inbox
         self._clock = clock
