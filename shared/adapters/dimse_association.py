@@ -12,13 +12,15 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from typing import Iterable
+from typing import Callable, Iterable
 
+from pydicom import Dataset
 from pynetdicom import AE, evt
 from pynetdicom.association import Association
 
 from shared.adapters.dimse_network import disable_nagle
 from shared.connections import DimseConnection
+from shared.dicom.levels import InformationModel, QueryLevel
 from shared.spanning.model import SourceSpec
 from shared.spanning.ports import CancelToken, QueryFailedError, TransportError
 
@@ -209,39 +211,72 @@ class AssociationPool:
     # -- opening -----------------------------------------------------------------------------------------------
 
     def _associate(self, source: SourceSpec, conn: DimseConnection, cancel: CancelToken) -> Association:
-        """Open an association; a cancel while the peer has not answered the A-ASSOCIATE-RQ drops the socket."""
-        opened: list[Association] = []
+        """Open an association with the source's own calling AE title and timeouts (request_association)."""
 
-        def on_open(event: evt.Event) -> None:
-            disable_nagle(event)
-            opened.append(event.assoc)
+        def associate(handlers: list) -> Association:
+            with self._ae.scoped(ae_title=conn.calling_ae_title, acse_timeout=conn.acse_timeout,
+                                 connection_timeout=conn.connect_timeout, dimse_timeout=conn.dimse_timeout,
+                                 network_timeout=conn.network_timeout):
+                return self._ae.associate(conn.host, conn.port, ae_title=conn.ae_title, max_pdu=conn.max_pdu,
+                                          evt_handlers=handlers)
 
-        def on_cancel() -> None:
-            for assoc in opened:
-                _shutdown_socket(assoc)
-
-        started = time.monotonic()
-        unregister = cancel.on_cancel(on_cancel)
-        try:
-            with self._ae.scoped(
-                ae_title=conn.calling_ae_title,
-                acse_timeout=conn.acse_timeout,
-                connection_timeout=conn.connect_timeout,
-                dimse_timeout=conn.dimse_timeout,
-                network_timeout=conn.network_timeout,
-            ):
-                assoc = self._ae.associate(conn.host, conn.port, ae_title=conn.ae_title, max_pdu=conn.max_pdu,
-                                           evt_handlers=[(evt.EVT_CONN_OPEN, on_open)])
-        finally:
-            unregister()
-        if assoc.is_established:
-            return assoc
-        if cancel.cancelled:
-            raise AssociationCancelled()
-        raise TransportError(_association_failure(assoc, source, conn, time.monotonic() - started, bool(opened)))
+        return request_association(associate, source, conn, cancel)
 
 
 # -- helpers -----------------------------------------------------------------------------------------------------
+
+
+def request_association(associate: Callable[[list], Association], source: SourceSpec, conn: DimseConnection,
+                        cancel: CancelToken, *, refused: Callable[[Association], None] | None = None) -> Association:
+    """Request an association (PS3.8 7.1.1) through `associate(evt_handlers)` (an AE.associate call given these
+    handlers), with TCP_NODELAY set. A cancel while the peer has not answered the A-ASSOCIATE-RQ drops the socket
+    and raises AssociationCancelled (an association established just as the cancel landed is aborted: its socket may
+    already be shut). Refused, rejected or aborted -> TransportError naming the reason; `refused` may raise a more
+    precise error for a failed association first."""
+    opened: list[Association] = []
+
+    def on_open(event: evt.Event) -> None:
+        disable_nagle(event)
+        opened.append(event.assoc)
+
+    def on_cancel() -> None:
+        for assoc in opened:
+            _shutdown_socket(assoc)
+
+    started = time.monotonic()
+    unregister = cancel.on_cancel(on_cancel)
+    try:
+        assoc = associate([(evt.EVT_CONN_OPEN, on_open)])
+    finally:
+        unregister()
+    if cancel.cancelled:
+        if assoc.is_established:
+            abort_and_wake(assoc)
+        raise AssociationCancelled()
+    if assoc.is_established:
+        return assoc
+    if refused is not None:
+        refused(assoc)
+    raise TransportError(_association_failure(assoc, source, conn, time.monotonic() - started, bool(opened)))
+
+
+def dimse_connection(source: SourceSpec) -> DimseConnection:
+    """The source's DimseConnection; QueryFailedError when it has another kind of connection."""
+    if not isinstance(source.connection, DimseConnection):
+        raise QueryFailedError(f"{source.name}: a dimse source needs a DimseConnection, got "
+                               f"{type(source.connection).__name__}")
+    return source.connection
+
+
+def level_identifier(keys: Dataset, level: QueryLevel, model: InformationModel) -> Dataset:
+    """A Q/R identifier: `keys` plus QueryRetrieveLevel (PS3.4 C.4.1.1.3.1, C.4.2.2.1); QueryFailedError when the
+    model has no such level (PS3.4 C.6.2)."""
+    if not model.allows(level):
+        raise QueryFailedError(f"{model.value} has no {level.value} level (PS3.4 C.6.2)")
+    identifier = Dataset()
+    identifier.update(keys)
+    identifier.QueryRetrieveLevel = level.value
+    return identifier
 
 
 def _pool_key(source: SourceSpec, conn: DimseConnection) -> tuple:

@@ -44,9 +44,8 @@ from pynetdicom.association import Association
 from pynetdicom.presentation import PresentationContext
 
 from shared.adapters.dimse_association import (
-    AssociationCancelled, _association_failure, _shutdown_socket, abort_and_wake,
+    AssociationCancelled, abort_and_wake, dimse_connection, level_identifier, request_association,
 )
-from shared.adapters.dimse_network import CONNECTION_HANDLERS
 from shared.connections import DimseConnection
 from shared.retrieval.model import CANCEL, PENDING, RetrieveOutcome, RetrieveProgress, RetrieveRequest
 from shared.retrieval.ports import InstanceSink, RetrieveStream
@@ -93,7 +92,7 @@ class DimseRetrievePort:
         conn = dimse_connection(source)
         if not conn.supports_cmove:
             raise QueryFailedError(f"{source.name}: C-MOVE is disabled for this source (supports_cmove)")
-        identifier = retrieve_identifier(request)
+        identifier = level_identifier(request.identifier, request.level, request.model)
         sop_class = request.model.move_sop_class
         contexts = [build_context(sop_class, list(UNCOMPRESSED_SYNTAXES))]
 
@@ -110,7 +109,7 @@ class DimseRetrievePort:
         conn = dimse_connection(source)
         if not conn.supports_cget:
             raise QueryFailedError(f"{source.name}: C-GET is disabled for this source (supports_cget)")
-        identifier = retrieve_identifier(request)
+        identifier = level_identifier(request.identifier, request.level, request.model)
         sop_class = request.model.get_sop_class
         contexts = [build_context(sop_class, list(UNCOMPRESSED_SYNTAXES)), *_GET_STORAGE_CONTEXTS]
 
@@ -261,33 +260,19 @@ def new_ae(conn: DimseConnection) -> AE:
 def open_association(ae: AE, source: SourceSpec, conn: DimseConnection, cancel: CancelToken, *,
                      contexts: list[PresentationContext], ext_neg: list | None = None,
                      handlers: Iterable[tuple] = ()) -> Association:
-    """Request an association (PS3.8 7.1.1) with TCP_NODELAY set; a cancel while the peer has not answered drops
-    the socket (AssociationCancelled). Refused, rejected or aborted -> TransportError naming the reason."""
-    opened: list[Association] = []
+    """Request an association proposing `contexts` (shared.adapters.dimse_association.request_association: cancel,
+    TCP_NODELAY, TransportError); ContextsRejected when the peer accepted none of them."""
 
-    def on_open(event: evt.Event) -> None:
-        opened.append(event.assoc)
+    def associate(connection_handlers: list) -> Association:
+        return ae.associate(conn.host, conn.port, contexts=contexts, ae_title=conn.ae_title, max_pdu=conn.max_pdu,
+                            ext_neg=ext_neg, evt_handlers=[*connection_handlers, *handlers])
 
-    def on_cancel() -> None:
-        for assoc in opened:
-            _shutdown_socket(assoc)
+    def refused(assoc: Association) -> None:
+        if assoc.rejected_contexts and not assoc.accepted_contexts:  # pynetdicom then aborts (PS3.8 9.3.3.2)
+            raise ContextsRejected(f"{source.name} accepted none of the {len(contexts)} proposed presentation "
+                                   "contexts")
 
-    started = time.monotonic()
-    unregister = cancel.on_cancel(on_cancel)
-    try:
-        assoc = ae.associate(conn.host, conn.port, contexts=contexts, ae_title=conn.ae_title, max_pdu=conn.max_pdu,
-                             ext_neg=ext_neg, evt_handlers=[*CONNECTION_HANDLERS, (evt.EVT_CONN_OPEN, on_open),
-                                                            *handlers])
-    finally:
-        unregister()
-    if cancel.cancelled:  # its socket may have been shut down just as the peer accepted
-        close_association(assoc, release=False)
-        raise AssociationCancelled()
-    if assoc.is_established:
-        return assoc
-    if assoc.rejected_contexts and not assoc.accepted_contexts:  # pynetdicom then aborts (PS3.8 9.3.3.2)
-        raise ContextsRejected(f"{source.name} accepted none of the {len(contexts)} proposed presentation contexts")
-    raise TransportError(_association_failure(assoc, source, conn, time.monotonic() - started, bool(opened)))
+    return request_association(associate, source, conn, cancel, refused=refused)
 
 
 def close_association(assoc: Association, *, release: bool) -> None:
@@ -301,24 +286,7 @@ def close_association(assoc: Association, *, release: bool) -> None:
         logger.debug("closing association: %s", exc)
 
 
-def dimse_connection(source: SourceSpec) -> DimseConnection:
-    if not isinstance(source.connection, DimseConnection):
-        raise QueryFailedError(f"{source.name}: a dimse source needs a DimseConnection, got "
-                               f"{type(source.connection).__name__}")
-    return source.connection
-
-
 # -- pure helpers ------------------------------------------------------------------------------------------------
-
-
-def retrieve_identifier(request: RetrieveRequest) -> Dataset:
-    """The C-MOVE/C-GET identifier: the request's unique keys plus QueryRetrieveLevel (PS3.4 C.4.2.2.1)."""
-    if not request.model.allows(request.level):
-        raise QueryFailedError(f"{request.model.value} has no {request.level.value} level (PS3.4 C.6.2)")
-    identifier = Dataset()
-    identifier.update(request.identifier)
-    identifier.QueryRetrieveLevel = request.level.value
-    return identifier
 
 
 def progress_from(status: Dataset, last: RetrieveProgress) -> RetrieveProgress:

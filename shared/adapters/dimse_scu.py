@@ -26,7 +26,9 @@ from pydicom import Dataset
 from pynetdicom.association import Association
 from pynetdicom.status import code_to_category
 
-from shared.adapters.dimse_association import AssociationCancelled, AssociationPool, abort_and_wake
+from shared.adapters.dimse_association import (
+    AssociationCancelled, AssociationPool, abort_and_wake, dimse_connection, level_identifier,
+)
 from shared.connections import DimseConnection
 from shared.dicom.charset import decode_dataset
 from shared.dicom.levels import PATIENT_ROOT_FIND, STUDY_ROOT_FIND
@@ -78,8 +80,8 @@ class DimseQueryPort:
 
         A cancelled find just ends (returns None): the engine knows it cancelled.
         """
-        conn = _dimse_connection(source)
-        identifier = _find_identifier(request)
+        conn = dimse_connection(source)
+        identifier = level_identifier(request.identifier, request.level, request.model)
         if cancel.cancelled:
             return None
         try:
@@ -245,23 +247,6 @@ class _CancelledDuringFind(Exception):
 
 
 # -- pure helpers ------------------------------------------------------------------------------------------------
-
-
-def _dimse_connection(source: SourceSpec) -> DimseConnection:
-    if not isinstance(source.connection, DimseConnection):
-        raise QueryFailedError(f"{source.name}: a dimse source needs a DimseConnection, got "
-                               f"{type(source.connection).__name__}")
-    return source.connection
-
-
-def _find_identifier(request: SpanRequest) -> Dataset:
-    """The C-FIND identifier: the request's keys plus QueryRetrieveLevel (PS3.4 C.4.1.1.3.1)."""
-    if not request.model.allows(request.level):
-        raise QueryFailedError(f"{request.model.value} has no {request.level.value} level (PS3.4 C.6.2)")
-    identifier = Dataset()
-    identifier.update(request.identifier)
-    identifier.QueryRetrieveLevel = request.level.value
-    return identifier
 
 
 def _decoded(identifier: Dataset | None, source: SourceSpec) -> Dataset:
