@@ -22,6 +22,13 @@ def check_ae_title(value: str) -> str:
     return text
 
 
+def check_host(value: str) -> str:
+    """A host name or address, stripped; ValueError when empty."""
+    if not value.strip():
+        raise ValueError("host must not be empty")
+    return value.strip()
+
+
 class _Connection(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -43,13 +50,7 @@ class DimseConnection(_Connection):
     supports_cmove: bool = True
 
     _ae = field_validator("ae_title", "calling_ae_title")(classmethod(lambda cls, v: check_ae_title(v)))
-
-    @field_validator("host")
-    @classmethod
-    def _host(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("host must not be empty")
-        return value.strip()
+    _host = field_validator("host")(classmethod(lambda cls, v: check_host(v)))
 
 
 class DicomwebAuth(_Connection):

@@ -12,7 +12,7 @@ from typing import Annotated, Any, Optional
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
-from shared.connections import AE_TITLE_PATTERN, check_ae_title
+from shared.connections import AE_TITLE_PATTERN, check_ae_title, check_host
 from shared.db.models import CmoveStrategy
 from shared.db.repo.spanner_configs import SPANNER_CONFIG_DEFAULTS
 from shared.spanning.model import DedupStrategy, FailureStrategy
@@ -111,12 +111,7 @@ class DestinationEntry(_Strict):
     description: Optional[str] = None
     is_enabled: bool = True
 
-    @field_validator("host")
-    @classmethod
-    def _host(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("host must not be empty")
-        return value.strip()
+    _host = field_validator("host")(classmethod(lambda cls, v: check_host(v)))
 
 
 class ConfigFile(_Strict):
