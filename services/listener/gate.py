@@ -3,7 +3,8 @@
 The called AE title selects a spanner config (`spanner_configs.scp_ae_title`, enabled, `supports_dimse_scp`), so
 several configs are served side by side on one port. An unknown called AE title is rejected with A-ASSOCIATE-RJ
 "called AE title not recognised" (1, 1, 7); a calling AE title outside the config's `allowed_calling_ae_titles`
-with "calling AE title not recognised" (1, 1, 3). The listener's own storage AE title (AXIOM_SCP_AE_TITLE) also
+with "calling AE title not recognised" (1, 1, 3); while the configs cannot be read at all (database down at start),
+transiently (2, 1, 1), so callers retry instead of concluding the AE title is wrong. The listener's own storage AE title (AXIOM_SCP_AE_TITLE) also
 accepts associations, from the DIMSE sources' AE titles only: that is where sources send what the spanner retrieves
 with C-MOVE to itself.
 
@@ -29,8 +30,21 @@ from shared.db.repo.spanner_configs import list_spanner_configs
 from shared.logging import log_event
 
 logger = logging.getLogger(__name__)
-CALLED_AE_NOT_RECOGNISED = 7  # PS3.8 Table 9-21, source 1 (service user), permanent rejection
-CALLING_AE_NOT_RECOGNISED = 3
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """An A-ASSOCIATE-RJ: result (1 permanent, 2 transient), source and reason/diagnostic (PS3.8 Table 9-21)."""
+
+    result: int
+    source: int
+    diagnostic: int
+    reason: str
+
+
+CALLED_AE_NOT_RECOGNISED = Rejection(1, 1, 7, "called AE title not served")
+CALLING_AE_NOT_RECOGNISED = Rejection(1, 1, 3, "calling AE title not allowed")
+CONFIG_UNAVAILABLE = Rejection(2, 1, 1, "spanner configs unavailable (database)")  # transient: try again later
 
 
 @dataclass(frozen=True)
@@ -61,18 +75,22 @@ class AssociationGate:
         self._session_factory, self._storage_ae = session_factory, (storage_ae_title or "").strip() or None
         self._refresh, self._clock = refresh_seconds, clock
         self._lock = threading.Lock()
-        self._entries: dict[str, _Entry] = {}
+        self._entries: dict[str, _Entry] | None = None  # None until the configs were read once
         self._loaded_at: float | None = None
         self._bindings: weakref.WeakKeyDictionary[Association, Binding] = weakref.WeakKeyDictionary()
 
     def served_ae_titles(self) -> list[str]:
         """The called AE titles accepted now, sorted."""
-        return sorted(self._current())
+        return sorted(self._current() or {})
 
-    def decide(self, *, called: str, calling: str, address: str) -> Binding | int:
-        """The Binding for an acceptable request, or the A-ASSOCIATE-RJ diagnostic (3 or 7) to reject it with."""
+    def decide(self, *, called: str, calling: str, address: str) -> Binding | Rejection:
+        """The Binding for an acceptable request, or the Rejection to answer it with (transient when the configs
+        could never be read)."""
         called, calling = called.strip(), calling.strip()
-        entry = self._current().get(called)
+        entries = self._current()
+        if entries is None:
+            return CONFIG_UNAVAILABLE
+        entry = entries.get(called)
         if entry is None:
             return CALLED_AE_NOT_RECOGNISED
         if (entry.allowed or entry.closed) and calling not in entry.allowed:
@@ -86,7 +104,7 @@ class AssociationGate:
         """The Binding of an accepted association (None: not accepted through this gate)."""
         return self._bindings.get(assoc)
 
-    def _current(self) -> dict[str, _Entry]:
+    def _current(self) -> dict[str, _Entry] | None:
         with self._lock:
             now = self._clock()
             if self._loaded_at is None or now - self._loaded_at >= self._refresh:
@@ -125,13 +143,11 @@ class GatedACSE(ACSE):
         calling = str(request.calling_ae_title or "").strip()
         address = getattr(self.assoc.requestor.address_info, "address", "") or ""
         decision = self._gate.decide(called=called, calling=calling, address=address)
-        if isinstance(decision, int):
-            reason = "called AE title not served" if decision == CALLED_AE_NOT_RECOGNISED else (
-                "calling AE title not allowed")
+        if isinstance(decision, Rejection):
             log_event(logger, "association_rejected", logging.WARNING, called_ae=called, calling_ae=calling,
-                      client_address=address, reason=reason)
+                      client_address=address, reason=decision.reason)
             self.requestor.ae_title = calling
-            self.send_reject(0x01, 0x01, decision)
+            self.send_reject(decision.result, decision.source, decision.diagnostic)
             evt.trigger(self.assoc, evt.EVT_REJECTED, {})
             self.assoc.kill()
             return

@@ -17,6 +17,7 @@ from pynetdicom import AE, StoragePresentationContexts, build_role, evt
 from pynetdicom.sop_class import Verification
 
 from services.listener.app import Listener
+from services.listener.gate import CONFIG_UNAVAILABLE, AssociationGate
 from services.pacs_sim.catalog import overlapping_catalogs
 from services.pacs_sim.faults import Faults
 from services.pacs_sim.simulator import PacsSimulator
@@ -272,3 +273,13 @@ def test_c_get_returns_the_instances_on_the_callers_association(stack):
     expected = instances_of(stack, "B", study_uid)
     assert final.Status == 0x0000 and final.NumberOfCompletedSuboperations == len(expected)
     assert sorted(str(ds.SOPInstanceUID) for ds in got) == sorted(expected)
+
+
+def test_configs_that_cannot_be_read_reject_transiently_not_as_an_unknown_ae():
+    def broken_sessions():
+        raise ConnectionError("database down")
+
+    gate = AssociationGate(broken_sessions, storage_ae_title="AXIOM_SPANNER")
+    assert gate.decide(called="SPAN", calling="WS", address="127.0.0.1") is CONFIG_UNAVAILABLE
+    assert (CONFIG_UNAVAILABLE.result, CONFIG_UNAVAILABLE.source) == (2, 1)  # transient (PS3.8 Table 9-21)
+    assert gate.served_ae_titles() == []
