@@ -19,7 +19,6 @@ from typer.testing import CliRunner
 from services.cli.apikey_cmd import register
 from shared.config import get_settings
 from shared.db.base import utc_now
-from shared.db.migrations import upgrade_to_head
 from shared.db.models import ApiKey, Role
 from shared.db.session import make_engine, make_sessionmaker, session_scope
 from shared.security import (
@@ -34,22 +33,6 @@ from shared.security import (
 from shared.security.api_keys import TOUCH_INTERVAL, default_hasher
 
 FAST = PasswordHasher(time_cost=1, memory_cost=8, parallelism=1)
-
-
-@pytest.fixture(scope="module")
-def factory(tmp_path_factory):
-    url = f"sqlite:///{tmp_path_factory.mktemp('apikeys') / 'axiom.db'}"
-    upgrade_to_head(url)
-    engine = make_engine(url)
-    yield make_sessionmaker(engine)
-    engine.dispose()
-
-
-@pytest.fixture()
-def session(factory):
-    with factory() as session:
-        yield session
-        session.rollback()
 
 
 def create(session, name="ohif-viewer", role=Role.USER, **kwargs):
