@@ -6,6 +6,7 @@ from shared.db.models.destination import DicomDestination
 from shared.db.models.query_log import QueryLogStatus, QueryType, SpannerQueryLog, SpannerQueryResult
 from shared.db.models.source import Source
 from shared.db.models.spanner import CmoveStrategy, SpannerConfig, SpannerSourceMapping
+from shared.db.models.user import User
 
 __all__ = [
     "ApiKey",
@@ -20,4 +21,5 @@ __all__ = [
     "SpannerQueryLog",
     "SpannerQueryResult",
     "SpannerSourceMapping",
+    "User",
 ]
