@@ -83,6 +83,27 @@ class CoordinatorSettings(BaseSettings):
     max_wait_seconds: float = Field(default=60.0, gt=0, alias="AXIOM_MAX_WAIT_SECONDS")
 
 
+class ApiSettings(BaseSettings):
+    """The main API (services.api): where it listens, its token lifetime and the browser origins it serves.
+
+    SECRET_KEY signs access tokens: with DATABASE_URL set it must be 32+ characters (the app refuses to start
+    otherwise); in the embedded mode without it a random per-process key is used (tokens do not survive a restart).
+    """
+
+    model_config = SettingsConfigDict(extra="ignore")
+
+    host: str = Field(default="0.0.0.0", alias="AXIOM_API_HOST")
+    port: int = Field(default=80, ge=1, le=65535, alias="AXIOM_API_PORT")
+    secret_key: SecretStr | None = Field(default=None, alias="SECRET_KEY")
+    cors_origins: str = Field(default="", alias="AXIOM_CORS_ORIGINS")
+    token_ttl_seconds: int = Field(default=3600, ge=60, le=7 * 24 * 3600, alias="AXIOM_TOKEN_TTL_SECONDS")
+
+    @property
+    def cors_origin_list(self) -> list[str]:
+        """AXIOM_CORS_ORIGINS as a list: comma-separated origins (`https://viewer.example.org`), blanks dropped."""
+        return [origin.strip().rstrip("/") for origin in self.cors_origins.split(",") if origin.strip()]
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(extra="ignore")
 
@@ -90,6 +111,7 @@ class Settings(BaseSettings):
     scp: ScpSettings = Field(default_factory=ScpSettings)
     distributed: DistributedSettings = Field(default_factory=DistributedSettings)
     coordinator: CoordinatorSettings = Field(default_factory=CoordinatorSettings)
+    api: ApiSettings = Field(default_factory=ApiSettings)
     log_level: str = Field(default="INFO", alias="LOG_LEVEL")
     instance_id: str = Field(default="axiom-1", alias="AXIOM_INSTANCE_ID")
 

@@ -19,7 +19,7 @@ from fastapi.responses import JSONResponse
 from redis.asyncio import Redis as AsyncRedis
 from sqlalchemy import text
 
-from services.spanner_coordinator.auth import ApiKeyAuthenticator, require_principal
+from services.spanner_coordinator.auth import require_principal
 from shared.config import Settings
 from shared.db.models import Role
 from shared.distributed.intake import (
@@ -28,14 +28,15 @@ from shared.distributed.intake import (
 from shared.distributed.runtime import SpanRuntime, build_runtime
 from shared.logging import log_event
 from shared.messaging.celery_app import create_celery_app, publish
-from shared.security.api_keys import ApiKeyPrincipal
+from shared.security.authenticator import Authenticator
+from shared.security.principal import Principal as CallerPrincipal
 
 logger = logging.getLogger(__name__)
 MAX_BODY_BYTES = 64 * 1024
 SWEEP_SECONDS = 0.5
 PURGE_EVERY_SECONDS = 600.0
 RECHECK_SECONDS = 1.0
-Principal = Annotated[ApiKeyPrincipal, Depends(require_principal)]
+Principal = Annotated[CallerPrincipal, Depends(require_principal)]
 
 
 def create_app(settings: Settings, *, runtime: SpanRuntime | None = None, celery_app=None) -> FastAPI:
@@ -65,7 +66,7 @@ def create_app(settings: Settings, *, runtime: SpanRuntime | None = None, celery
                   openapi_url=None)
     app.state.runtime, app.state.celery, app.state.settings = runtime, celery_app, settings
     app.state.async_redis = _async_twin(runtime.store.redis)
-    app.state.authenticator = ApiKeyAuthenticator(runtime.session_factory, secret.encode())
+    app.state.authenticator = Authenticator(runtime.session_factory, secret.encode())
     app.add_exception_handler(SpanRequestError, _span_error)
     _routes(app, runtime, settings)
     return app
@@ -150,8 +151,8 @@ async def _wait_finished(app: FastAPI, runtime: SpanRuntime, query_id: str, seco
         await pubsub.aclose()
 
 
-def _check_owner(view: dict[str, Any], principal: ApiKeyPrincipal) -> None:
-    """RBAC: an admin key sees every query; a user key only the queries it submitted (others are 404)."""
+def _check_owner(view: dict[str, Any], principal: CallerPrincipal) -> None:
+    """RBAC: an admin sees every query; a `user` principal only the queries it submitted (others are 404)."""
     if not principal.allows(Role.ADMIN) and view.get("requested_by") != principal.name:
         raise SpanRequestError(404, f"no spanning query {view['query_id']!r}")
 

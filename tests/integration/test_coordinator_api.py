@@ -18,13 +18,13 @@ from argon2 import PasswordHasher
 from fastapi.testclient import TestClient
 
 from services.spanner_coordinator.app import create_app
-from services.spanner_coordinator.auth import ApiKeyAuthenticator, VERIFIED_TTL
 from shared.config import Settings
 from shared.db.models import Role
 from shared.db.repo.query_logs import list_query_logs
 from shared.messaging.celery_app import create_celery_app
 from shared.security import api_keys
 from shared.security.api_keys import create_api_key, revoke_api_key
+from shared.security.authenticator import VERIFIED_TTL, Authenticator
 from tests.fakes.clock import FakeClock
 from tests.fakes.ports import Script, study
 from tests.integration.distributed_fixtures import distributed_env
@@ -135,7 +135,7 @@ def test_a_long_poll_is_capped_by_the_configured_maximum_wait(coordinator):
 def test_a_revoked_key_is_refused_once_the_authenticators_memory_of_it_expires(coordinator):
     client, harness, admin = coordinator
     clock = FakeClock()
-    client.app.state.authenticator = ApiKeyAuthenticator(harness.rt.session_factory, b"x" * 32, clock=clock)
+    client.app.state.authenticator = Authenticator(harness.rt.session_factory, b"x" * 32, clock=clock)
     key = new_key(harness, "soon-revoked")
     query_id = submit(client, key).json()["query_id"]
     with harness.rt.session_factory.begin() as session:

@@ -20,6 +20,9 @@ from shared.db.models import Role
 from shared.distributed.runtime import build_runtime
 from shared.messaging.celery_app import create_celery_app
 from shared.security.api_keys import create_api_key, revoke_api_key
+from shared.security.principal import Principal, PrincipalKind
+from shared.security.tokens import issue_token
+from shared.security.users import create_user
 from tests.fakes.ports import Script, study
 from tests.integration.distributed_fixtures import RABBITMQ_URL, REDIS_URL
 from tests.peers import free_port
@@ -93,6 +96,21 @@ def test_every_other_route_needs_a_valid_unrevoked_key(api):
     bearer = client.post("/spanning-query?spanner_config=main", json={},
                          headers={"Authorization": f"Bearer {admin}"})
     assert bearer.status_code == 202
+
+
+def test_a_users_access_token_from_the_api_works_here_too(api):
+    """One verifier for both services: a token the API issued (same SECRET_KEY, same users table) is accepted."""
+    client, harness, _, _ = api
+    with harness.rt.session_factory.begin() as session:
+        create_user(session, username="alice", password="alice-password", hasher=CHEAP)
+    token = issue_token(Principal(name="alice", role=Role.USER, kind=PrincipalKind.USER), SECRET, 60)
+    headers = {"Authorization": f"Bearer {token}"}
+    accepted = client.post("/spanning-query?spanner_config=main", json={}, headers=headers)
+    assert accepted.status_code == 202
+    view = client.get(accepted.headers["Location"], headers=headers).json()
+    assert view["requested_by"] == "alice"
+    forged = issue_token(Principal(name="alice", role=Role.ADMIN, kind=PrincipalKind.USER), "f" * 40, 60)
+    assert client.get(accepted.headers["Location"], headers={"Authorization": f"Bearer {forged}"}).status_code == 401
 
 
 def test_only_health_is_open_and_the_openapi_schema_needs_a_key(api):
