@@ -1,0 +1,80 @@
+"""The main API's FastAPI app: `create_app(settings)` builds everything from settings; nothing at import.
+
+SECRET_KEY rule: with DATABASE_URL set (a shared, persistent deployment) SECRET_KEY must be 32+ characters, else
+ValueError; a SECRET_KEY that is set must be 32+ characters everywhere. In the embedded mode (no DATABASE_URL)
+without SECRET_KEY a random per-process key is drawn and a warning logged: tokens do not survive a restart, and
+another process (the coordinator) cannot verify them.
+
+Routes so far: /health, /api/v1/openapi.json and /api/v1/docs (authenticated), /api/v1/auth/token, /api/v1/auth/me.
+CORS (AXIOM_CORS_ORIGINS) is off unless origins are configured.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+
+from services.api.routes import auth, meta
+from shared.config import Settings
+from shared.db.migrations import head_revision
+from shared.db.session import make_engine, make_sessionmaker
+from shared.logging import log_event
+from shared.security.authenticator import Authenticator
+
+logger = logging.getLogger(__name__)
+MIN_SECRET_LENGTH = 32
+CORS_HEADERS = ["Authorization", "X-API-Key", "Content-Type", "Accept"]
+CORS_EXPOSED = ["Warning", "Location", "WWW-Authenticate", "Content-Type"]
+
+
+def resolve_secret_key(settings: Settings) -> str:
+    """SECRET_KEY, or a random per-process key in the embedded mode; ValueError when the rule above is broken."""
+    secret = settings.api.secret_key.get_secret_value() if settings.api.secret_key else ""
+    if secret:
+        if len(secret) < MIN_SECRET_LENGTH:
+            raise ValueError(f"SECRET_KEY must be at least {MIN_SECRET_LENGTH} random characters "
+                             "(e.g. `openssl rand -hex 32`)")
+        return secret
+    if not settings.db.embedded:
+        raise ValueError("SECRET_KEY must be set to at least 32 random characters when DATABASE_URL is set "
+                         "(e.g. `openssl rand -hex 32`)")
+    log_event(logger, "secret_key_generated", logging.WARNING,
+              detail="no SECRET_KEY in the embedded mode: a random per-process key signs tokens; they do not "
+                     "survive a restart")
+    return secrets.token_urlsafe(48)
+
+
+def create_app(settings: Settings, *, session_factory=None) -> FastAPI:
+    """The API app on `settings` (a ready `session_factory` may be given, e.g. by tests). ValueError for a missing
+    or short SECRET_KEY (see the module doc)."""
+    secret = resolve_secret_key(settings)
+    engine = None
+    if session_factory is None:
+        engine = make_engine(settings.db.url)
+        session_factory = make_sessionmaker(engine)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        try:
+            yield
+        finally:
+            if engine is not None:
+                engine.dispose()
+
+    # The schema and docs are served by routes.meta to authenticated callers only.
+    app = FastAPI(title="Axiom API", version="1", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.settings, app.state.secret_key, app.state.session_factory = settings, secret, session_factory
+    app.state.authenticator = Authenticator(session_factory, secret)
+    app.state.schema_head = head_revision()
+    origins = settings.api.cors_origin_list
+    if origins:
+        app.add_middleware(CORSMiddleware, allow_origins=origins, allow_credentials=False,
+                           allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"],
+                           allow_headers=CORS_HEADERS, expose_headers=CORS_EXPOSED, max_age=600)
+    for module in (meta, auth):
+        app.include_router(module.router)
+    return app
