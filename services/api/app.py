@@ -5,7 +5,8 @@ ValueError; a SECRET_KEY that is set must be 32+ characters everywhere. In the e
 without SECRET_KEY a random per-process key is drawn and a warning logged: tokens do not survive a restart, and
 another process (the coordinator) cannot verify them.
 
-Routes so far: /health, /api/v1/openapi.json and /api/v1/docs (authenticated), /api/v1/auth/token, /api/v1/auth/me.
+Routes so far: /health, /api/v1/openapi.json and /api/v1/docs (authenticated), /api/v1/auth/token, /api/v1/auth/me,
+and the configuration routes under /api/v1/config (routes/config*.py).
 CORS (AXIOM_CORS_ORIGINS) is off unless origins are configured.
 """
 
@@ -18,7 +19,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from services.api.routes import auth, meta
+from services.api.routes import auth, config, config_sources, config_spanner, meta
 from shared.config import Settings
 from shared.db.migrations import head_revision
 from shared.db.session import make_engine, make_sessionmaker
@@ -75,6 +76,6 @@ def create_app(settings: Settings, *, session_factory=None) -> FastAPI:
         app.add_middleware(CORSMiddleware, allow_origins=origins, allow_credentials=False,
                            allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"],
                            allow_headers=CORS_HEADERS, expose_headers=CORS_EXPOSED, max_age=600)
-    for module in (meta, auth):
+    for module in (meta, auth, config, config_sources, config_spanner):
         app.include_router(module.router)
     return app
