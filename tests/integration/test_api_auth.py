@@ -7,7 +7,6 @@ from __future__ import annotations
 import logging
 
 import pytest
-from argon2 import PasswordHasher
 from fastapi import APIRouter
 from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, select
@@ -15,32 +14,23 @@ from sqlalchemy import create_engine, select
 from services.api.app import create_app
 from services.api.deps import AdminDep, PrincipalDep
 from shared.config import ApiSettings, DatabaseSettings, Settings
-from shared.db.migrations import upgrade_to_head
 from shared.db.models import Role, User
-from shared.db.session import make_engine, make_sessionmaker
+from shared.db.session import make_sessionmaker
 from shared.security import api_keys
 from shared.security.api_keys import create_api_key
 from shared.security.authenticator import VERIFIED_TTL, Authenticator
 from shared.security.users import create_user, set_user_active
 from tests.fakes.clock import FakeClock
+from tests.integration.api_fixtures import CHEAP, SECRET, api_settings, migrated_sqlite
 
-CHEAP = PasswordHasher(time_cost=1, memory_cost=8, parallelism=1)
-SECRET = "s" * 40
 ORIGIN = "https://viewer.example.org"
 PASSWORDS = {"root": "root-password-1", "alice": "alice-password-1", "eve": "eve-password-1"}
-
-
-def settings_for(url: str | None, **api) -> Settings:
-    return Settings(db=DatabaseSettings(DATABASE_URL=url), api=ApiSettings(**{"SECRET_KEY": SECRET, **api}))
 
 
 @pytest.fixture()
 def database(tmp_path, monkeypatch):
     monkeypatch.setattr(api_keys, "default_hasher", lambda: CHEAP)
-    url = f"sqlite:///{tmp_path / 'axiom.db'}"
-    upgrade_to_head(url)
-    engine = make_engine(url)
-    factory = make_sessionmaker(engine)
+    url, engine, factory = migrated_sqlite(tmp_path)
     with factory.begin() as session:
         create_user(session, username="root", password=PASSWORDS["root"], role=Role.ADMIN, hasher=CHEAP)
         create_user(session, username="alice", password=PASSWORDS["alice"], hasher=CHEAP)
@@ -68,7 +58,7 @@ def admin_only_router() -> APIRouter:
 @pytest.fixture()
 def client(database):
     url, factory = database
-    app = create_app(settings_for(url, AXIOM_CORS_ORIGINS=f"{ORIGIN}, https://other.example.org/"))
+    app = create_app(api_settings(url, AXIOM_CORS_ORIGINS=f"{ORIGIN}, https://other.example.org/"))
     app.include_router(admin_only_router())
     with TestClient(app) as client:
         client.factory = factory
@@ -189,12 +179,12 @@ def test_cors_answers_configured_origins_only(client, database):
     assert client.get("/health", headers={"Origin": "https://other.example.org"}).headers[
         "access-control-allow-origin"] == "https://other.example.org"
     assert "access-control-allow-origin" not in client.get("/health", headers={"Origin": "https://evil.example"}).headers
-    with TestClient(create_app(settings_for(database[0]))) as plain:  # no AXIOM_CORS_ORIGINS: no CORS at all
+    with TestClient(create_app(api_settings(database[0]))) as plain:  # no AXIOM_CORS_ORIGINS: no CORS at all
         assert "access-control-allow-origin" not in plain.get("/health", headers={"Origin": ORIGIN}).headers
 
 
 def test_the_token_ttl_comes_from_the_settings(database):
-    app = create_app(settings_for(database[0], AXIOM_TOKEN_TTL_SECONDS=120))
+    app = create_app(api_settings(database[0], AXIOM_TOKEN_TTL_SECONDS=120))
     with TestClient(app) as client:
         assert token(client, "alice").json()["expires_in"] == 120
 

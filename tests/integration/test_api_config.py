@@ -8,22 +8,18 @@ from __future__ import annotations
 import time
 
 import pytest
-from argon2 import PasswordHasher
 from fastapi.testclient import TestClient
 
 from services.api.app import create_app
 from services.pacs_sim import Faults, PacsSimulator, generate_catalog
-from shared.config import ApiSettings, DatabaseSettings, Settings
-from shared.db.migrations import upgrade_to_head
 from shared.db.models import Role, Source
-from shared.db.session import make_engine, make_sessionmaker
 from shared.provisioning.secrets import MASK
 from shared.security import api_keys
 from shared.security.users import create_user
+from tests.integration.api_fixtures import CHEAP, api_settings, migrated_sqlite
+from tests.integration.api_fixtures import bearer as token_header
 from tests.peers import free_port
 
-CHEAP = PasswordHasher(time_cost=1, memory_cost=8, parallelism=1)
-SECRET = "s" * 40
 PASSWORDS = {"root": "root-password-1", "alice": "alice-password-1"}
 CONFIG = "/api/v1/config"
 
@@ -31,24 +27,18 @@ CONFIG = "/api/v1/config"
 @pytest.fixture()
 def client(tmp_path, monkeypatch):
     monkeypatch.setattr(api_keys, "default_hasher", lambda: CHEAP)
-    url = f"sqlite:///{tmp_path / 'axiom.db'}"
-    upgrade_to_head(url)
-    engine = make_engine(url)
-    factory = make_sessionmaker(engine)
+    url, engine, factory = migrated_sqlite(tmp_path)
     with factory.begin() as session:
         create_user(session, username="root", password=PASSWORDS["root"], role=Role.ADMIN, hasher=CHEAP)
         create_user(session, username="alice", password=PASSWORDS["alice"], hasher=CHEAP)
-    settings = Settings(db=DatabaseSettings(DATABASE_URL=url), api=ApiSettings(SECRET_KEY=SECRET))
-    with TestClient(create_app(settings)) as client:
+    with TestClient(create_app(api_settings(url))) as client:
         client.admin, client.user = bearer(client, "root"), bearer(client, "alice")
         yield client
     engine.dispose()
 
 
 def bearer(client, username: str) -> dict[str, str]:
-    answer = client.post("/api/v1/auth/token", data={"username": username, "password": PASSWORDS[username]})
-    assert answer.status_code == 200, answer.text
-    return {"Authorization": f"Bearer {answer.json()['access_token']}"}
+    return token_header(client, username, PASSWORDS[username])
 
 
 def dimse_source(name: str = "pacs-a", port: int = 104, **connection) -> dict:

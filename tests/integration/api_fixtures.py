@@ -1,0 +1,37 @@
+"""What the main API's tests (test_api_*.py) share: cheap password hashing, settings, a migrated SQLite database and
+a bearer header from the real token route."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from argon2 import PasswordHasher
+
+from shared.config import ApiSettings, DatabaseSettings, Settings
+from shared.db.migrations import upgrade_to_head
+from shared.db.session import make_engine, make_sessionmaker
+
+# Hashes made in tests are cheap; verifying them must not use the production cost (argon2 64 MiB) either: tests
+# patch shared.security.api_keys.default_hasher with this too.
+CHEAP = PasswordHasher(time_cost=1, memory_cost=8, parallelism=1)
+SECRET = "s" * 40
+
+
+def api_settings(url: str | None, **api: object) -> Settings:
+    """Settings for create_app on `url` with a valid SECRET_KEY (and any other AXIOM_* API variable)."""
+    return Settings(db=DatabaseSettings(DATABASE_URL=url), api=ApiSettings(**{"SECRET_KEY": SECRET, **api}))
+
+
+def migrated_sqlite(directory: Path):
+    """(url, engine, session factory) of a new SQLite database at the head revision in `directory`."""
+    url = f"sqlite:///{Path(directory) / 'axiom.db'}"
+    upgrade_to_head(url)
+    engine = make_engine(url)
+    return url, engine, make_sessionmaker(engine)
+
+
+def bearer(client, username: str, password: str) -> dict[str, str]:
+    """The Authorization header of a token from POST /api/v1/auth/token."""
+    answer = client.post("/api/v1/auth/token", data={"username": username, "password": password})
+    assert answer.status_code == 200, answer.text
+    return {"Authorization": f"Bearer {answer.json()['access_token']}"}
