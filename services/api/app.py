@@ -7,7 +7,7 @@ another process (the coordinator) cannot verify them.
 
 Routes so far: /health, /api/v1/openapi.json and /api/v1/docs (authenticated), /api/v1/auth/token, /api/v1/auth/me,
 the configuration routes under /api/v1/config (routes/config*.py) and QIDO-RS spanning under
-/api/v1/spanner/qido (routes/qido.py).
+/api/v1/spanner/qido (routes/qido.py), and the query log at /api/v1/spanner/services/logs.
 CORS (AXIOM_CORS_ORIGINS) is off unless origins are configured.
 """
 
@@ -20,7 +20,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from services.api.routes import auth, config, config_sources, config_spanner, meta, qido
+from services.api.routes import auth, config, config_sources, config_spanner, logs, meta, qido
 from shared.config import Settings
 from shared.db.migrations import head_revision
 from shared.db.session import make_engine, make_sessionmaker
@@ -77,6 +77,6 @@ def create_app(settings: Settings, *, session_factory=None) -> FastAPI:
         app.add_middleware(CORSMiddleware, allow_origins=origins, allow_credentials=False,
                            allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"],
                            allow_headers=CORS_HEADERS, expose_headers=CORS_EXPOSED, max_age=600)
-    for module in (meta, auth, config, config_sources, config_spanner, qido):
+    for module in (meta, auth, config, config_sources, config_spanner, qido, logs):
         app.include_router(module.router)
     return app

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from datetime import datetime
+from typing import Any, Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 
 from shared.db.models import Role
 from shared.security.principal import PrincipalKind
@@ -32,3 +33,25 @@ class Health(BaseModel):
     status: Literal["healthy", "unhealthy"]
     service: Literal["api"] = "api"
     checks: dict[str, str]
+
+
+class QueryLogOut(BaseModel):
+    """One spanned query from `spanner_query_logs`: who asked what, how each source did, counts and timings."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    query_id: str
+    spanner_config_id: int | None
+    query_type: str
+    query_level: str
+    status: str
+    requester_user: str | None
+    requester_ae_title: str | None
+    client_address: str | None
+    started_at: datetime
+    completed_at: datetime | None
+    duration_ms: float | None
+    raw_result_count: int | None
+    deduplicated_result_count: int | None
+    source_outcomes: list[dict[str, Any]] | None
+    error_message: str | None

@@ -149,8 +149,10 @@ def list_query_logs(
     status: str | QueryLogStatus | None = None,
     config_id: int | None = None,
     since: datetime | None = None,
+    requester_user: str | None = None,
 ) -> list[SpannerQueryLog]:
-    """The newest logs first, at most `limit`, optionally of one status, one config, or started at/after `since`."""
+    """The newest logs first, at most `limit`, optionally of one status, one config, started at/after `since`, or
+    asked by one user (`requester_user`)."""
     query = select(SpannerQueryLog).order_by(SpannerQueryLog.started_at.desc(), SpannerQueryLog.id.desc())
     if status is not None:
         query = query.where(SpannerQueryLog.status == QueryLogStatus(status))
@@ -158,4 +160,6 @@ def list_query_logs(
         query = query.where(SpannerQueryLog.spanner_config_id == config_id)
     if since is not None:
         query = query.where(SpannerQueryLog.started_at >= since)
+    if requester_user is not None:
+        query = query.where(SpannerQueryLog.requester_user == requester_user)
     return list(session.scalars(query.limit(limit)))
