@@ -144,6 +144,7 @@ class SpannerConfigOut(BaseModel):
     supports_cget: bool
     scp_ae_title: str | None
     allowed_calling_ae_titles: list[str] | None
+    allowed_client_networks: list[str] | None
     cache_ttl_seconds: int
     is_enabled: bool
     created_at: datetime

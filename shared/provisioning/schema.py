@@ -15,6 +15,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validat
 from shared.connections import AE_TITLE_PATTERN, check_ae_title, check_host
 from shared.db.models import CmoveStrategy
 from shared.db.repo.spanner_configs import SPANNER_CONFIG_DEFAULTS
+from shared.security.networks import parse_networks
 from shared.spanning.model import DedupStrategy, FailureStrategy
 
 SOURCE_ENTRY_FIELDS = ("name", "kind", "description", "is_enabled")
@@ -68,6 +69,7 @@ class SpannerConfigEntry(_Strict):
     supports_cget: bool = _D["supports_cget"]
     scp_ae_title: Optional[str] = None
     allowed_calling_ae_titles: Optional[list[AeTitle]] = None
+    allowed_client_networks: Optional[list[str]] = None
     cache_ttl_seconds: int = Field(default=_D["cache_ttl_seconds"], ge=0)
     is_enabled: bool = _D["is_enabled"]
     sources: Optional[list[MappingEntry]] = None
@@ -96,6 +98,14 @@ class SpannerConfigEntry(_Strict):
         if twice:
             raise ValueError(f"AE title(s) listed twice: {', '.join(twice)}")
         return value
+
+    @field_validator("allowed_client_networks")
+    @classmethod
+    def _client_networks(cls, value: Optional[list[str]]) -> Optional[list[str]]:
+        """CIDR blocks in their normal form (host bits cleared); an empty list is stored as None (any client)."""
+        if not value:
+            return None
+        return [str(network) for network in parse_networks(value)]
 
     def columns(self) -> dict[str, Any]:
         """The spanner_configs column values (everything but name and sources)."""

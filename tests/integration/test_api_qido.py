@@ -34,6 +34,7 @@ CONFIGS = {  # name -> (sources, extra config fields)
     "only-dead": (["dead"], {}),
     "no-qido": (["A"], {"supports_qido": False}),
     "off": (["A"], {"is_enabled": False}),
+    "walled": (["A"], {"allowed_client_networks": ["10.0.0.0/8"]}),
 }
 
 
@@ -195,6 +196,11 @@ def test_config_choice(client):
         assert refused.status_code == 400 and reason in refused.json()["detail"]
     assert client.get(f"{ROOT}/studies/1.2.3/series?StudyInstanceUID=1.2.4"
                       f"&spanner_config_id={client.ids['both']}").status_code == 400
+
+
+def test_a_client_outside_the_configs_allowed_networks_is_403(client):
+    refused = search(client, "/studies", config="walled")  # the test client's address is not in 10.0.0.0/8
+    assert refused.status_code == 403 and "allowed networks of spanner config 'walled'" in refused.json()["detail"]
 
 
 def test_failed_sources_are_named_in_a_warning_and_a_failed_span_is_502(client, catalogs):

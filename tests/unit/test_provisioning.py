@@ -245,3 +245,16 @@ def test_bad_destinations_and_calling_ae_titles_are_located(factory, old, new, e
     assert old in SCP_EXAMPLE
     assert expected in problem_of(factory, SCP_EXAMPLE.replace(old, new, 1))
     assert counts(factory) == (0, 0, 0)
+
+
+def test_client_networks_are_normalised_and_a_bad_one_is_located(factory):
+    networks = SCP_EXAMPLE.replace("    allowed_calling_ae_titles:",
+                                   "    allowed_client_networks: [10.1.2.3/8, '2001:db8::/32']\n"
+                                   "    allowed_calling_ae_titles:")
+    apply(factory, networks)
+    with factory() as session:
+        stored = session.scalar(select(SpannerConfig.allowed_client_networks))
+    assert stored == ["10.0.0.0/8", "2001:db8::/32"]
+    problem = problem_of(factory, networks.replace("10.1.2.3/8", "10.0.0.0/33"))
+    assert "line 10: spanner_configs[0].allowed_client_networks: Value error, '10.0.0.0/33' is not an IP network" \
+        in problem

@@ -37,11 +37,16 @@ from pydicom.dataelem import DataElement
 from pydicom.tag import Tag
 
 from services.api.deps import PrincipalDep
-from shared.db.repo.spanner_configs import SpanPlan, list_spanner_configs, load_span_plan
+from shared.db.repo.spanner_configs import (
+    SpanPlan,
+    list_spanner_configs,
+    load_span_plan,
+)
 from shared.dicom.dicom_json import dataset_to_json
 from shared.dicom.levels import QueryLevel
 from shared.dicom.qido_params import QidoParameterError, QidoSearch, parse_qido_search
 from shared.logging import log_event
+from shared.security.networks import address_allowed
 from shared.span_client import InProcessSpanClient
 from shared.spanning.model import Match, SourceStatus, SpanRequest, SpanResult
 
@@ -148,6 +153,10 @@ def _plan(request: Request, given: list[str]) -> SpanPlan:
     if not plan.config.supports_qido:
         _bad_config(f"{CONFIG_PARAMETER}={config_id}: spanner config {plan.config.name!r} does not serve QIDO-RS "
                     "(supports_qido is false)")
+    address = request.client.host if request.client else None
+    if not address_allowed(address, plan.config.allowed_client_networks):
+        raise HTTPException(status.HTTP_403_FORBIDDEN, f"client address {address} is not in the allowed networks "
+                                                       f"of spanner config {plan.config.name!r}")
     return plan
 
 

@@ -57,6 +57,7 @@ class SpannerConfig(Base):
     scp_ae_title: Mapped[str | None] = mapped_column(String(16), unique=True)
     # Calling AE titles (stripped) allowed to associate with scp_ae_title; None or [] = any calling AE may.
     allowed_calling_ae_titles: Mapped[list[str] | None] = mapped_column(JsonType)
+    allowed_client_networks: Mapped[list[str] | None] = mapped_column(JsonType)  # CIDR; None/[]: any client
     cache_ttl_seconds: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     is_enabled: Mapped[bool] = mapped_column(Boolean, default=True, server_default="1")
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utc_now, server_default=func.now())
