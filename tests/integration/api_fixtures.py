@@ -9,12 +9,15 @@ from argon2 import PasswordHasher
 
 from shared.config import ApiSettings, DatabaseSettings, Settings
 from shared.db.migrations import upgrade_to_head
+from shared.db.models import Role
 from shared.db.session import make_engine, make_sessionmaker
+from shared.security.users import create_user
 
 # Hashes made in tests are cheap; verifying them must not use the production cost (argon2 64 MiB) either: tests
 # patch shared.security.api_keys.default_hasher with this too.
 CHEAP = PasswordHasher(time_cost=1, memory_cost=8, parallelism=1)
 SECRET = "s" * 40
+PASSWORDS = {"root": "root-password-1", "alice": "alice-password-1"}  # root is an admin, alice a user
 
 
 def api_settings(url: str | None, **api: object) -> Settings:
@@ -28,6 +31,16 @@ def migrated_sqlite(directory: Path):
     upgrade_to_head(url)
     engine = make_engine(url)
     return url, engine, make_sessionmaker(engine)
+
+
+def database_with_users(directory: Path):
+    """migrated_sqlite with the users of PASSWORDS (hashed with CHEAP); patch api_keys.default_hasher to CHEAP
+    too, so logging in does not pay the production cost."""
+    url, engine, factory = migrated_sqlite(directory)
+    with factory.begin() as session:
+        create_user(session, username="root", password=PASSWORDS["root"], role=Role.ADMIN, hasher=CHEAP)
+        create_user(session, username="alice", password=PASSWORDS["alice"], hasher=CHEAP)
+    return url, engine, factory
 
 
 def bearer(client, username: str, password: str) -> dict[str, str]:

@@ -12,25 +12,25 @@ from fastapi.testclient import TestClient
 
 from services.api.app import create_app
 from services.pacs_sim import Faults, PacsSimulator, generate_catalog
-from shared.db.models import Role, Source
+from shared.db.models import Source
 from shared.provisioning.secrets import MASK
 from shared.security import api_keys
-from shared.security.users import create_user
-from tests.integration.api_fixtures import CHEAP, api_settings, migrated_sqlite
+from tests.integration.api_fixtures import (
+    CHEAP,
+    PASSWORDS,
+    api_settings,
+    database_with_users,
+)
 from tests.integration.api_fixtures import bearer as token_header
 from tests.peers import free_port
 
-PASSWORDS = {"root": "root-password-1", "alice": "alice-password-1"}
 CONFIG = "/api/v1/config"
 
 
 @pytest.fixture()
 def client(tmp_path, monkeypatch):
     monkeypatch.setattr(api_keys, "default_hasher", lambda: CHEAP)
-    url, engine, factory = migrated_sqlite(tmp_path)
-    with factory.begin() as session:
-        create_user(session, username="root", password=PASSWORDS["root"], role=Role.ADMIN, hasher=CHEAP)
-        create_user(session, username="alice", password=PASSWORDS["alice"], hasher=CHEAP)
+    url, engine, factory = database_with_users(tmp_path)
     with TestClient(create_app(api_settings(url))) as client:
         client.admin, client.user = bearer(client, "root"), bearer(client, "alice")
         yield client

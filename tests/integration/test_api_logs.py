@@ -8,23 +8,25 @@ import pytest
 from fastapi.testclient import TestClient
 
 from services.api.app import create_app
-from shared.db.models import QueryLogStatus, Role
+from shared.db.models import QueryLogStatus
 from shared.db.repo.query_logs import start_query_log
 from shared.security import api_keys
-from shared.security.users import create_user
-from tests.integration.api_fixtures import CHEAP, api_settings, bearer, migrated_sqlite
+from tests.integration.api_fixtures import (
+    CHEAP,
+    PASSWORDS,
+    api_settings,
+    bearer,
+    database_with_users,
+)
 
-PASSWORDS = {"root": "root-password-1", "alice": "alice-password-1"}
 LOGS = "/api/v1/spanner/services/logs"
 
 
 @pytest.fixture()
 def client(tmp_path, monkeypatch):
     monkeypatch.setattr(api_keys, "default_hasher", lambda: CHEAP)
-    url, engine, factory = migrated_sqlite(tmp_path)
+    url, engine, factory = database_with_users(tmp_path)
     with factory.begin() as session:
-        create_user(session, username="root", password=PASSWORDS["root"], role=Role.ADMIN, hasher=CHEAP)
-        create_user(session, username="alice", password=PASSWORDS["alice"], hasher=CHEAP)
         for number, (user, status) in enumerate([("alice", QueryLogStatus.RUNNING), ("bob", QueryLogStatus.FAILED),
                                                  ("alice", QueryLogStatus.ACCEPTED)]):
             log = start_query_log(session, query_id=f"{number:032x}", config_id=None, query_type="QIDO",
