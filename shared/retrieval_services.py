@@ -1,4 +1,5 @@
-"""RetrievalServices: the retrieval service of each spanner config, wired to the DIMSE adapters and a span client.
+"""RetrievalServices: the retrieval service of each spanner config, wired to the retrieve adapters (C-MOVE/C-GET for
+DIMSE sources, WADO-RS for DICOMweb ones: shared.adapters.retrieve_ports), a C-STORE port and a span client.
 
 The one place that builds `shared.retrieval.service.RetrievalService` for real use: the spanning SCP's C-MOVE and
 C-GET (services/listener) and the API's tracked move jobs call `for_plan(plan)`. A config's service is kept while
@@ -14,8 +15,9 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from shared.adapters.dimse_retrieve import DimseRetrievePort
+from shared.adapters.dicomweb_http import TokenProvider
 from shared.adapters.dimse_store import DimseStorePort
+from shared.adapters.retrieve_ports import RoutingRetrievePort
 from shared.db.repo.spanner_configs import SpanPlan
 from shared.retrieval.inbox import Inbox
 from shared.retrieval.service import RetrievalService
@@ -35,12 +37,14 @@ class RetrievalServices:
 
     def __init__(self, *, span_client, calling_ae_title: str, self_ae_title: str | None = None,
                  inbox: Inbox | None = None, spool_dir: Path | None = None, spool_max_bytes: int = 512 * 2**20,
-                 locate_cache_seconds: float = LOCATE_CACHE_SECONDS) -> None:
+                 locate_cache_seconds: float = LOCATE_CACHE_SECONDS,
+                 token_provider: TokenProvider | None = None) -> None:
         self._client = span_client
         self._self_ae, self.inbox = self_ae_title, inbox
         self._spool_dir = Path(spool_dir) if spool_dir else Path(tempfile.gettempdir()) / "axiom-spool"
         self._spool_max, self._cache_seconds = spool_max_bytes, locate_cache_seconds
-        self._retrieve_port = DimseRetrievePort()
+        # Public: callers reach a DICOMweb source's WADO-RS metadata through it (port_for(source).metadata).
+        self.retrieve_port = RoutingRetrievePort(token_provider=token_provider)
         self._store_port = DimseStorePort(ae_title=calling_ae_title)
         self._lock = threading.Lock()
         self._services: dict[int, _Built] = {}
@@ -63,6 +67,6 @@ class RetrievalServices:
                                     requester={"user": "retrieval-locate"})
 
         return RetrievalService(
-            locate=locate, sources=sources, retrieve_port=self._retrieve_port, store_port=self._store_port,
+            locate=locate, sources=sources, retrieve_port=self.retrieve_port, store_port=self._store_port,
             spool_dir=self._spool_dir / f"config-{config_id}", spool_max_bytes=self._spool_max,
             locate_cache_ttl_seconds=self._cache_seconds, self_ae_title=self._self_ae, inbox=self.inbox)

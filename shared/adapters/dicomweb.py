@@ -30,21 +30,21 @@ closes the response and shuts the socket down, so a hung server never holds the 
 
 from __future__ import annotations
 
-import base64
 import logging
 import queue
-import socket
 import threading
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Callable, Iterable
+from typing import Iterable
 
 import httpx
 from pydicom import Dataset, datadict
 from pydicom.dataelem import DataElement
 from pydicom.multival import MultiValue
 
-from shared.connections import DicomwebConnection, GoogleHealthcareConnection
+from shared.adapters.dicomweb_http import (  # TokenProvider: re-exported for the port's users
+    HttpClients, TokenProvider, auth_headers, response_socket, safe_url, service_url, shutdown_socket, status_error,
+)
 from shared.dicom.dicom_json import DicomJsonError, datasets_from_json
 from shared.dicom.levels import QueryLevel
 from shared.spanning.model import FindSummary, SourceSpec, SpanRequest
@@ -52,7 +52,6 @@ from shared.spanning.ports import CancelToken, FindStream, QueryFailedError, Tra
 
 logger = logging.getLogger(__name__)
 
-TokenProvider = Callable[[], str]
 _BINARY_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
 _SKIPPED_KEYS = frozenset({"QueryRetrieveLevel", "SpecificCharacterSet"})
 _PATIENT_COUNTS = {
@@ -208,18 +207,11 @@ class QidoQueryPort:
     def __init__(self, *, token_provider: TokenProvider | None = None,
                  transport: httpx.BaseTransport | None = None) -> None:
         self._token_provider = token_provider
-        self._transport = transport
-        self._clients: dict[bool, httpx.Client] = {}
-        self._lock = threading.Lock()
-        self._closed = False
+        self._clients = HttpClients(transport=transport, name="DICOMweb query port")
 
     def close(self) -> None:
         """Close the pooled HTTP clients."""
-        with self._lock:
-            self._closed = True
-            clients, self._clients = list(self._clients.values()), {}
-        for client in clients:
-            client.close()
+        self._clients.close()
 
     def __enter__(self) -> "QidoQueryPort":
         return self
@@ -229,13 +221,14 @@ class QidoQueryPort:
 
     def find(self, request: SpanRequest, source: SourceSpec, cancel: CancelToken) -> FindStream:
         """QIDO-RS search for `request` at `source`: yields matches, returns FindSummary|None (see module doc)."""
+        headers = {"Accept": "application/dicom+json", **auth_headers(source, self._token_provider)}
         conn = source.connection
-        headers = {"Accept": "application/dicom+json", **self._auth_headers(source, conn)}
         query = qido_query(request, max_results=source.max_results)
-        url = _url(conn, query)
+        url = service_url(conn, "qido_prefix", query.path, query.query_string if query.params else "")
         if cancel.cancelled:
             return None
-        exchange = _Exchange(self._client(getattr(conn, "verify_tls", True)), url, headers, conn.timeout, cancel)
+        exchange = _Exchange(self._clients.get(getattr(conn, "verify_tls", True)), url, headers, conn.timeout,
+                             cancel)
         response = exchange.run()
         if response is None:  # cancelled
             return None
@@ -259,44 +252,6 @@ class QidoQueryPort:
             return FindSummary(truncated=True, warning=note)
         return None
 
-    def _client(self, verify: bool) -> httpx.Client:
-        with self._lock:
-            if self._closed:
-                raise QueryFailedError("the DICOMweb query port is closed")
-            client = self._clients.get(verify)
-            if client is None:
-                client = self._clients[verify] = httpx.Client(
-                    verify=verify, follow_redirects=False, transport=self._transport
-                )
-            return client
-
-    def _auth_headers(self, source: SourceSpec, conn: object) -> dict[str, str]:
-        if isinstance(conn, GoogleHealthcareConnection):
-            if self._token_provider is None:
-                raise QueryFailedError(f"{source.name}: Google Cloud Healthcare needs a token provider (no Google "
-                                       "credentials are configured)")
-            return {"Authorization": f"Bearer {self._token_provider()}"}
-        if not isinstance(conn, DicomwebConnection):
-            raise QueryFailedError(f"{source.name}: a DICOMweb source needs a DicomwebConnection, got "
-                                   f"{type(conn).__name__}")
-        auth = conn.auth
-        if auth.type == "basic":
-            raw = f"{auth.username}:{auth.password}".encode("utf-8")
-            return {"Authorization": "Basic " + base64.b64encode(raw).decode("ascii")}
-        if auth.type == "bearer":
-            return {"Authorization": f"Bearer {auth.token}"}
-        if auth.type == "api_key":
-            return {auth.header: str(auth.token)}
-        return {}
-
-
-def _url(conn: DicomwebConnection | GoogleHealthcareConnection, query: QidoQuery) -> httpx.URL:
-    prefix = getattr(conn, "qido_prefix", "").strip("/")
-    base = httpx.URL(conn.base_url.rstrip("/") + "/" + (prefix + "/" if prefix else "") + query.path)
-    raw = base.raw_path + (b"?" + query.query_string.encode("ascii") if query.params else b"")
-    # raw_path keeps our minimal encoding; httpx would percent-encode `^` (Orthanc then matches nothing).
-    return base.copy_with(raw_path=raw)
-
 
 def _parse(status: int, body: bytes, source: SourceSpec, url: httpx.URL) -> list[Dataset]:
     if status == 204 or not body.strip():
@@ -304,11 +259,7 @@ def _parse(status: int, body: bytes, source: SourceSpec, url: httpx.URL) -> list
     try:
         return datasets_from_json(body)
     except DicomJsonError as exc:
-        raise QueryFailedError(f"{source.name}: malformed QIDO-RS response from {_safe(url)}: {exc}") from exc
-
-
-def _safe(url: httpx.URL) -> str:
-    return str(url.copy_with(username=None, password=None))
+        raise QueryFailedError(f"{source.name}: malformed QIDO-RS response from {safe_url(url)}: {exc}") from exc
 
 
 class _Exchange:
@@ -336,15 +287,7 @@ class _Exchange:
 
     def _on_cancel(self) -> None:
         self._results.put(("cancelled", None))
-        response = self._response
-        if response is not None:
-            stream = response.extensions.get("network_stream")
-            sock = stream.get_extra_info("socket") if stream is not None else None
-            if isinstance(sock, socket.socket):
-                try:
-                    sock.shutdown(socket.SHUT_RDWR)  # wakes a blocked recv(); close() alone would not
-                except OSError:
-                    pass
+        shutdown_socket(response_socket(self._response))
 
     def _read(self) -> None:
         try:
@@ -352,12 +295,12 @@ class _Exchange:
         except (QueryFailedError, TransportError) as exc:
             self._results.put(("error", exc))
         except httpx.TimeoutException as exc:
-            self._results.put(("error", TransportError(f"no response from {_safe(self.url)} within "
+            self._results.put(("error", TransportError(f"no response from {safe_url(self.url)} within "
                                                        f"{self.timeout:g} s ({type(exc).__name__})")))
         except httpx.TransportError as exc:
-            self._results.put(("error", TransportError(f"{_safe(self.url)}: {type(exc).__name__}: {exc}")))
+            self._results.put(("error", TransportError(f"{safe_url(self.url)}: {type(exc).__name__}: {exc}")))
         except Exception as exc:  # never leave the caller waiting
-            self._results.put(("error", QueryFailedError(f"{_safe(self.url)}: {type(exc).__name__}: {exc}")))
+            self._results.put(("error", QueryFailedError(f"{safe_url(self.url)}: {type(exc).__name__}: {exc}")))
 
     def _exchange(self) -> tuple[int, str | None, bytes] | None:
         with self.client.stream("GET", self.url, headers=self.headers, timeout=self.timeout) as response:
@@ -372,12 +315,7 @@ class _Exchange:
 
 
 def _check_status(response: httpx.Response, body: bytes, url: httpx.URL) -> tuple[int, str | None, bytes]:
-    status = response.status_code
-    snippet = body[:300].decode("utf-8", "replace").strip().replace("\n", " ")
-    detail = f"HTTP {status} from {_safe(url)}" + (f": {snippet}" if snippet else "")
-    if status in (408, 429) or status >= 500:
-        raise TransportError(detail)
-    if status >= 300:  # redirects are not followed: a custom auth header must not travel to another host
-        raise QueryFailedError(detail)
-    warning = response.headers.get("Warning")
-    return status, warning, body
+    error = status_error(response.status_code, body, url)
+    if error is not None:
+        raise error
+    return response.status_code, response.headers.get("Warning"), body

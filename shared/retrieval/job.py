@@ -76,19 +76,22 @@ class Holders:
     inbox: Inbox | None = None
 
     def can_direct(self, name: str) -> bool:
-        """The source can C-MOVE straight to the caller's destination."""
+        """The source can C-MOVE straight to the caller's destination: a DIMSE source with C-MOVE (PS3.4 C.4.2).
+        A DICOMweb source cannot (PS3.18 has no C-MOVE); it is fetched through PROXY instead (can_proxy)."""
         source = self.sources.get(name)
-        return source is not None and _flag(source, "supports_cmove")
+        return source is not None and source.kind == "dimse" and _flag(source, "supports_cmove")
 
     def can_proxy(self, name: str) -> bool:
-        """The spanner can fetch from the source: C-GET, or C-MOVE to its own storage AE."""
+        """The spanner can fetch from the source: C-GET (WADO-RS for a DICOMweb source), or C-MOVE to its own
+        storage AE."""
         source = self.sources.get(name)
         if source is None:
             return False
         return _flag(source, "supports_cget") or self.can_move_to_self(source)
 
     def can_move_to_self(self, source: SourceSpec) -> bool:
-        return bool(self.self_ae_title and self.inbox is not None and _flag(source, "supports_cmove"))
+        return bool(self.self_ae_title and self.inbox is not None and source.kind == "dimse"
+                    and _flag(source, "supports_cmove"))
 
 
 def _flag(source: SourceSpec, name: str) -> bool:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from pydicom import Dataset
 
-from shared.connections import DimseConnection
+from shared.connections import DicomwebConnection, DimseConnection
 from shared.dicom.levels import QueryLevel
 from shared.retrieval.inbox import NOT_EXPECTED, Inbox
 from shared.retrieval.model import (
@@ -286,6 +286,22 @@ def test_hybrid_proxies_only_the_instances_the_holder_listed_as_failed(tmp_path)
     assert get[0].identifier.SOPInstanceUID == lost and get[0].identifier.SeriesInstanceUID == "1.1.1"
     assert setup.store.received == [lost]
     assert setup.locate.calls[-1].level is QueryLevel.IMAGE
+
+
+def test_a_dicomweb_source_is_never_asked_to_c_move_but_is_proxied(tmp_path):
+    only_web, both = study_instances("2.1", 2), study_instances("2.2", 2)
+    web = SourceSpec("W", "dicomweb", connection=DicomwebConnection(base_url="http://web.test"), priority=0)
+    holdings = {"W": Holding(only_web + both), "D": Holding(both)}
+    setup = Setup(tmp_path, holdings, sources=[web, source("D", 1)])
+    assert not setup.service._holders.can_direct("W") and setup.service._holders.can_proxy("W")
+    assert not setup.service._holders.can_move_to_self(web)
+    _, direct = setup.move(study_request("2.1", "2.2"), CmoveStrategy.DIRECT)
+    assert [(c.kind, c.source) for c in setup.port.calls] == [("move", "D")]  # W is best for both: skipped
+    assert direct.completed == 2 and direct.failed == 2  # 2.1 has no holder that can C-MOVE
+    setup.port.calls.clear()
+    _, hybrid = setup.move(study_request("2.1", "2.2"), CmoveStrategy.HYBRID)
+    assert hybrid == RetrieveOutcome(SUCCESS, completed=4)
+    assert sorted((c.kind, c.source) for c in setup.port.calls) == [("get", "W"), ("move", "D")]
 
 
 def test_hybrid_proxies_the_whole_batch_when_failures_are_not_listed(tmp_path):
