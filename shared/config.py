@@ -97,6 +97,17 @@ class ApiSettings(BaseSettings):
     secret_key: SecretStr | None = Field(default=None, alias="SECRET_KEY")
     cors_origins: str = Field(default="", alias="AXIOM_CORS_ORIGINS")
     token_ttl_seconds: int = Field(default=3600, ge=60, le=7 * 24 * 3600, alias="AXIOM_TOKEN_TTL_SECONDS")
+    # The API's own storage AE (services.api.store_scp): the C-MOVE destination when WADO-RS fetches from a DIMSE
+    # source without C-GET. Off (no port): such sources are skipped as holders, with a logged reason.
+    store_ae_title: str = Field(default="AXIOM_API", min_length=1, max_length=16, pattern=r"^[\x21-\x5b\x5d-\x7e]"
+                                r"[\x20-\x5b\x5d-\x7e]*$", alias="AXIOM_API_STORE_AE_TITLE")
+    store_port: int | None = Field(default=None, ge=0, le=65535, alias="AXIOM_API_STORE_PORT")
+    move_job_workers: int = Field(default=2, ge=1, le=64, alias="AXIOM_MOVE_JOB_WORKERS")  # concurrent C-MOVE jobs
+    # Google ID-token login (POST /api/v1/auth/google, shared.security.google_id): off while the client id is unset.
+    google_client_id: str | None = Field(default=None, alias="AXIOM_GOOGLE_CLIENT_ID")
+    google_certs_url: str = Field(default="https://www.googleapis.com/oauth2/v3/certs", pattern=r"^https?://\S+$",
+                                  alias="AXIOM_GOOGLE_CERTS_URL")
+    google_hosted_domain: str | None = Field(default=None, alias="AXIOM_GOOGLE_HOSTED_DOMAIN")
 
     @property
     def cors_origin_list(self) -> list[str]:
@@ -114,6 +125,7 @@ class Settings(BaseSettings):
     api: ApiSettings = Field(default_factory=ApiSettings)
     log_level: str = Field(default="INFO", alias="LOG_LEVEL")
     instance_id: str = Field(default="axiom-1", alias="AXIOM_INSTANCE_ID")
+    heartbeat_seconds: float = Field(default=5.0, gt=0, le=3600, alias="AXIOM_HEARTBEAT_SECONDS")
 
 
 @lru_cache(maxsize=1)

@@ -11,6 +11,8 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator, model_validator
 
+from shared.db.base import check_storable_text
+
 AE_TITLE_PATTERN = r"^[\x20-\x5b\x5d-\x7e]{1,16}$"  # PS3.5 6.2 AE: 16 chars, no backslash or control chars
 
 
@@ -29,8 +31,16 @@ def check_host(value: str) -> str:
     return value.strip()
 
 
+MAX_TIMEOUT_SECONDS = 86400.0  # a day: longer is a mistake, and far larger values overflow socket timeouts
+MAX_PDU_LENGTH = 2**32 - 1  # the PDU length field is 32 bits (PS3.8 9.3.1)
+
+
 class _Connection(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    """Unknown fields, NaN/infinite numbers and text a database cannot store (shared.db.base) are refused."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    _storable = field_validator("*")(classmethod(lambda cls, v: check_storable_text(v)))
 
 
 class DimseConnection(_Connection):
@@ -41,11 +51,11 @@ class DimseConnection(_Connection):
     host: str
     port: int = Field(ge=1, le=65535)
     calling_ae_title: str = "AXIOM"
-    max_pdu: int = Field(default=0, ge=0, description="0 = unlimited (PS3.8 D.1)")
-    acse_timeout: float = Field(default=10.0, gt=0)
-    dimse_timeout: float = Field(default=30.0, gt=0)
-    network_timeout: float = Field(default=30.0, gt=0)
-    connect_timeout: float = Field(default=5.0, gt=0)
+    max_pdu: int = Field(default=0, ge=0, le=MAX_PDU_LENGTH, description="0 = unlimited (PS3.8 D.1)")
+    acse_timeout: float = Field(default=10.0, gt=0, le=MAX_TIMEOUT_SECONDS)
+    dimse_timeout: float = Field(default=30.0, gt=0, le=MAX_TIMEOUT_SECONDS)
+    network_timeout: float = Field(default=30.0, gt=0, le=MAX_TIMEOUT_SECONDS)
+    connect_timeout: float = Field(default=5.0, gt=0, le=MAX_TIMEOUT_SECONDS)
     supports_cget: bool = True
     supports_cmove: bool = True
 
@@ -80,7 +90,7 @@ class DicomwebConnection(_Connection):
     wado_prefix: str = ""
     stow_prefix: str = ""
     auth: DicomwebAuth = DicomwebAuth()
-    timeout: float = Field(default=30.0, gt=0)
+    timeout: float = Field(default=30.0, gt=0, le=MAX_TIMEOUT_SECONDS)
     verify_tls: bool = True
 
     @field_validator("base_url")
@@ -102,7 +112,7 @@ class GoogleHealthcareConnection(_Connection):
     location: str = Field(min_length=1)
     dataset: str = Field(min_length=1)
     dicom_store: str = Field(min_length=1)
-    timeout: float = Field(default=30.0, gt=0)
+    timeout: float = Field(default=30.0, gt=0, le=MAX_TIMEOUT_SECONDS)
 
     @property
     def base_url(self) -> str:

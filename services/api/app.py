@@ -18,14 +18,18 @@ import secrets
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 
-from services.api.routes import auth, config, config_sources, config_spanner, logs, meta, qido
+from services.api.routes import auth, config, config_sources, config_spanner, logs, meta, moves, qido, wado
+from services.api.routes import services as service_routes
+from services.api.validation_errors import validation_error_response
 from shared.config import Settings
 from shared.db.migrations import head_revision
 from shared.db.session import make_engine, make_sessionmaker
 from shared.logging import log_event
 from shared.security.authenticator import Authenticator
+from shared.security.google_id import build_google_verifier
 
 logger = logging.getLogger(__name__)
 MIN_SECRET_LENGTH = 32
@@ -71,12 +75,16 @@ def create_app(settings: Settings, *, session_factory=None) -> FastAPI:
     app = FastAPI(title="Axiom API", version="1", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.settings, app.state.secret_key, app.state.session_factory = settings, secret, session_factory
     app.state.authenticator = Authenticator(session_factory, secret)
+    app.state.google_verifier = build_google_verifier(settings.api)  # None: Google login off
+    app.add_exception_handler(RequestValidationError, validation_error_response)  # 422s that always serialize
     app.state.schema_head = head_revision()
     origins = settings.api.cors_origin_list
     if origins:
         app.add_middleware(CORSMiddleware, allow_origins=origins, allow_credentials=False,
                            allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"],
                            allow_headers=CORS_HEADERS, expose_headers=CORS_EXPOSED, max_age=600)
-    for module in (meta, auth, config, config_sources, config_spanner, qido, logs):
+    # moves after qido and wado: router lifespans nest, so the move-job runner stops before the span client and
+    # the API's storage AE its jobs may use
+    for module in (meta, auth, config, config_sources, config_spanner, qido, wado, logs, moves, service_routes):
         app.include_router(module.router)
     return app

@@ -12,10 +12,11 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic.json_schema import SkipJsonSchema
 
-from shared.connections import SourceConnection
+from shared.connections import MAX_TIMEOUT_SECONDS, SourceConnection
+from shared.db.base import MAX_INTEGER, check_storable_text
 from shared.db.models import CmoveStrategy, DicomDestination, Source, SpannerConfig, SpannerSourceMapping
 from shared.provisioning.schema import NAME_PATTERN, DestinationEntry, SpannerConfigEntry
 from shared.provisioning.secrets import mask_secrets
@@ -23,7 +24,11 @@ from shared.spanning.model import DedupStrategy, FailureStrategy
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """Unknown fields, NaN/infinite numbers and text a database cannot store (shared.db.base) are refused."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    _storable = field_validator("*")(classmethod(lambda cls, v: check_storable_text(v)))
 
 
 # -- sources -------------------------------------------------------------------------------------------------------
@@ -97,9 +102,9 @@ class SpannerConfigIn(SpannerConfigEntry):
 class MappingIn(_Strict):
     """A source to add to a spanner config, by the source's id."""
 
-    source_id: int
-    priority: int = Field(default=100, ge=0, description="lower = preferred")
-    timeout_seconds: float | None = Field(default=None, gt=0)
+    source_id: int = Field(ge=1, le=MAX_INTEGER)
+    priority: int = Field(default=100, ge=0, le=MAX_INTEGER, description="lower = preferred")
+    timeout_seconds: float | None = Field(default=None, gt=0, le=MAX_TIMEOUT_SECONDS)
     max_retries: int = Field(default=0, ge=0, le=10)
     is_enabled: bool = True
     additional_query_filters: dict[str, str] | None = None

@@ -4,6 +4,7 @@
 - `PrincipalDep`: the authenticated caller (shared.security.authenticator): `X-API-Key`, or `Authorization: Bearer`
   with an API key or an access token. 401 with `WWW-Authenticate: Bearer` when absent or refused.
 - `AdminDep`: as PrincipalDep, and 403 when the caller's role is not admin.
+- `RowId`: a path parameter that is a row id (1..shared.db.base.MAX_INTEGER; 422 otherwise).
 
 The OAuth2PasswordBearer and APIKeyHeader sub-dependencies only document the two schemes in the OpenAPI schema
 (Swagger UI's "Authorize"); the credential itself is read by shared.security.authenticator.presented_credential, the
@@ -14,10 +15,11 @@ from __future__ import annotations
 
 from typing import Annotated, Iterator
 
-from fastapi import Depends, HTTPException, Request, status
+from fastapi import Depends, HTTPException, Path, Request, status
 from fastapi.security import APIKeyHeader, OAuth2PasswordBearer
 from sqlalchemy.orm import Session
 
+from shared.db.base import MAX_INTEGER
 from shared.db.models import Role
 from shared.security.authenticator import Authenticator, presented_credential
 from shared.security.principal import Principal
@@ -36,6 +38,8 @@ def get_session(request: Request) -> Iterator[Session]:
 
 
 SessionDep = Annotated[Session, Depends(get_session)]
+# A row id in a path (`/sources/{id}`): 1..MAX_INTEGER, else 422 naming it (a larger number cannot reach the database).
+RowId = Annotated[int, Path(ge=1, le=MAX_INTEGER)]
 
 
 def get_principal(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from shared.db.models import Role
 from shared.security.principal import PrincipalKind
@@ -17,6 +17,12 @@ class Token(BaseModel):
     access_token: str
     token_type: Literal["bearer"] = "bearer"
     expires_in: int
+
+
+class GoogleLogin(BaseModel):
+    """A Google ID token (OpenID Connect) to exchange for an Axiom access token at POST /api/v1/auth/google."""
+
+    id_token: str = Field(min_length=1, max_length=8192)
 
 
 class PrincipalOut(BaseModel):

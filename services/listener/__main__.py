@@ -1,6 +1,8 @@
 """`python -m services.listener`: the spanning DIMSE SCP on AXIOM_SCP_HOST:AXIOM_SCP_PORT (0.0.0.0:11114),
 configured by environment only. The embedded SQLite database is migrated on start; a server database must be at the
-newest revision already (`axiom db upgrade` or the compose `migrate` service)."""
+newest revision already (`axiom db upgrade` or the compose `migrate` service). It registers as
+`listener:<AXIOM_INSTANCE_ID>`, heartbeats every AXIOM_HEARTBEAT_SECONDS and stops/starts serving as operators ask
+(a stop persisted before this start applies on the first heartbeat)."""
 
 from __future__ import annotations
 
@@ -30,10 +32,12 @@ def main() -> int:
     except (ValueError, OSError) as exc:
         print(f"listener: {exc}", file=sys.stderr)
         return 2
+    heartbeat = listener.heartbeat().start()  # applies the desired state operators set through the API
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     stop.wait()
+    heartbeat.stop()
     listener.stop()
     return 0
 

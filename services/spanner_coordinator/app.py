@@ -21,7 +21,7 @@ from sqlalchemy import text
 
 from services.spanner_coordinator.auth import require_principal
 from shared.config import Settings
-from shared.db.models import Role
+from shared.db.models import Role, ServiceKind
 from shared.distributed.intake import (
     Requester, SpanRequestError, accept_span, cancel_span, check_query_id, describe_span, is_finished, sweep,
 )
@@ -30,6 +30,7 @@ from shared.logging import log_event
 from shared.messaging.celery_app import create_celery_app, publish
 from shared.security.authenticator import Authenticator
 from shared.security.principal import Principal as CallerPrincipal
+from shared.service_registry import ServiceHeartbeat, process_identity
 
 logger = logging.getLogger(__name__)
 MAX_BODY_BYTES = 64 * 1024
@@ -54,9 +55,16 @@ def create_app(settings: Settings, *, runtime: SpanRuntime | None = None, celery
     async def lifespan(app: FastAPI):
         sweeper = _Sweeper(runtime)
         sweeper.start()
+        # registers `coordinator:<AXIOM_INSTANCE_ID>` (reports only: the API does not start/stop coordinators)
+        heartbeat = ServiceHeartbeat(
+            runtime.session_factory, process_identity(ServiceKind.COORDINATOR, settings.instance_id,
+                                                      instance_id=settings.instance_id),
+            interval=settings.heartbeat_seconds, details=sweeper.details)
+        await run_in_threadpool(heartbeat.start)
         try:
             yield
         finally:
+            await run_in_threadpool(heartbeat.stop)
             sweeper.stop()
             await app.state.async_redis.aclose()
             runtime.close()
@@ -202,9 +210,14 @@ class _Sweeper:
         self._runtime, self._stop = runtime, threading.Event()
         self._thread = threading.Thread(target=self._run, name="span-sweeper", daemon=True)
         self._next_purge = 0.0
+        self.sweeps, self.failures = 0, 0
 
     def start(self) -> None:
         self._thread.start()
+
+    def details(self) -> dict[str, float | int]:
+        """What the coordinator's heartbeat reports (services/status)."""
+        return {"sweeps": self.sweeps, "sweep_failures": self.failures, "sweep_seconds": SWEEP_SECONDS}
 
     def stop(self) -> None:
         self._stop.set()
@@ -215,7 +228,9 @@ class _Sweeper:
             purge = time.monotonic() >= self._next_purge
             try:
                 sweep(self._runtime, purge=purge)
+                self.sweeps += 1
                 if purge:
                     self._next_purge = time.monotonic() + PURGE_EVERY_SECONDS
             except Exception as exc:
+                self.failures += 1
                 log_event(logger, "spanning_sweep_failed", logging.ERROR, error=f"{type(exc).__name__}: {exc}")

@@ -22,6 +22,30 @@ NAMING_CONVENTION = {
     "pk": "pk_%(table_name)s",
 }
 
+# The largest value of an `Integer` column on PostgreSQL (int4; SQLite takes 64 bits): ids and counts beyond it can
+# be neither stored nor matched, so the API refuses them as input (422 naming the field) before any query.
+MAX_INTEGER = 2**31 - 1
+
+
+def check_storable_text(value: Any) -> Any:
+    """`value` when every string in it (recursively through dicts, lists and tuples, keys included) can be stored
+    by both databases Axiom runs on; ValueError otherwise. Refused: U+0000 (PostgreSQL `text` and `jsonb` cannot hold
+    NUL) and lone surrogates U+D800-U+DFFF (not encodable as UTF-8). Request models validate with it, so such input
+    is a 422 naming the field instead of a driver error."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise ValueError("text must not contain NUL (U+0000)")
+        if any("\ud800" <= char <= "\udfff" for char in value):
+            raise ValueError("text must not contain lone surrogates (U+D800-U+DFFF)")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            check_storable_text(key), check_storable_text(item)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            check_storable_text(item)
+    return value
+
+
 # JSON everywhere, JSONB on PostgreSQL (indexable, compact); Alembic compares it per dialect without drift.
 JsonType = JSON().with_variant(JSONB(), "postgresql")
 

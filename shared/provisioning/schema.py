@@ -12,7 +12,8 @@ from typing import Annotated, Any, Optional
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
-from shared.connections import AE_TITLE_PATTERN, check_ae_title, check_host
+from shared.connections import AE_TITLE_PATTERN, MAX_TIMEOUT_SECONDS, check_ae_title, check_host
+from shared.db.base import MAX_INTEGER, check_storable_text
 from shared.db.models import CmoveStrategy
 from shared.db.repo.spanner_configs import SPANNER_CONFIG_DEFAULTS
 from shared.security.networks import parse_networks
@@ -28,7 +29,11 @@ AeTitle = Annotated[str, AfterValidator(check_ae_title)]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """Unknown fields, NaN/infinite numbers and text a database cannot store (shared.db.base) are refused."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    _storable = field_validator("*")(classmethod(lambda cls, v: check_storable_text(v)))
 
 
 class SourceEntryMeta(_Strict):
@@ -44,8 +49,8 @@ class MappingEntry(_Strict):
     """One source of a spanner config."""
 
     source: str
-    priority: int = Field(default=100, ge=0)
-    timeout_seconds: Optional[float] = Field(default=None, gt=0)
+    priority: int = Field(default=100, ge=0, le=MAX_INTEGER)
+    timeout_seconds: Optional[float] = Field(default=None, gt=0, le=MAX_TIMEOUT_SECONDS)
     max_retries: int = Field(default=0, ge=0, le=10)
     is_enabled: bool = True
     additional_query_filters: Optional[dict[str, str]] = None
@@ -59,7 +64,7 @@ class SpannerConfigEntry(_Strict):
     max_concurrent_sources: int = Field(default=_D["max_concurrent_sources"], ge=1, le=256)
     query_timeout_seconds: float = Field(default=_D["query_timeout_seconds"], gt=0, le=3600)
     failure_strategy: FailureStrategy = _D["failure_strategy"]
-    minimum_success_threshold: int = Field(default=_D["minimum_success_threshold"], ge=0)
+    minimum_success_threshold: int = Field(default=_D["minimum_success_threshold"], ge=0, le=MAX_INTEGER)
     deduplication_strategy: DedupStrategy = _D["deduplication_strategy"]
     cmove_strategy: CmoveStrategy = _D["cmove_strategy"]
     supports_dimse_scp: bool = _D["supports_dimse_scp"]
@@ -70,7 +75,7 @@ class SpannerConfigEntry(_Strict):
     scp_ae_title: Optional[str] = None
     allowed_calling_ae_titles: Optional[list[AeTitle]] = None
     allowed_client_networks: Optional[list[str]] = None
-    cache_ttl_seconds: int = Field(default=_D["cache_ttl_seconds"], ge=0)
+    cache_ttl_seconds: int = Field(default=_D["cache_ttl_seconds"], ge=0, le=MAX_INTEGER)
     is_enabled: bool = _D["is_enabled"]
     sources: Optional[list[MappingEntry]] = None
 
@@ -124,8 +129,12 @@ class DestinationEntry(_Strict):
     _host = field_validator("host")(classmethod(lambda cls, v: check_host(v)))
 
 
-class ConfigFile(_Strict):
-    """The whole file: every list optional; anything not listed is left as it is in the database."""
+class ConfigFile(BaseModel):
+    """The whole file: every list optional; anything not listed is left as it is in the database. The entries stay
+    raw here: each is validated by its own model (SourceEntryMeta + connection, SpannerConfigEntry,
+    DestinationEntry), so an error names the entry's path and line."""
+
+    model_config = ConfigDict(extra="forbid")
 
     sources: list[dict[str, Any]] = Field(default_factory=list)
     spanner_configs: list[dict[str, Any]] = Field(default_factory=list)

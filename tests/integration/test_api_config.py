@@ -233,6 +233,45 @@ def test_mappings_add_list_remove(client):
                        headers=client.admin).status_code == 404
 
 
+def test_values_the_database_cannot_take_are_422_naming_the_field(client):
+    """Found by tests/integration/test_api_schemathesis.py: each of these was a 500 (SQLite integer overflow,
+    PostgreSQL refusing NUL, UTF-8 refusing a lone surrogate, a socket timeout overflow in the probe)."""
+    huge = 10**20
+    for path in (f"/sources/{huge}", f"/destinations/{huge}", f"/spanner/{huge}", f"/spanner/{huge}/sources"):
+        assert field_locs(client.get(CONFIG + path, headers=client.admin)) == [["path", "id"]], path
+    config = create(client, "/spanner", {"name": "limits"})
+    source = create(client, "/sources", dimse_source())
+    assert field_locs(client.delete(f"{CONFIG}/spanner/{config['id']}/sources/{huge}", headers=client.admin)) \
+        == [["path", "source_id"]]
+    raw_bodies = [  # JSON text: json.loads takes NaN and Infinity
+        ("/sources", '{"name": "s1", "description": "a\\u0000b", "connection": {"kind": "dimse", "ae_title": "A", '
+                     '"host": "h", "port": 1}}', ["body", "description"]),
+        ("/sources", '{"name": "s2", "description": "\\ud800", "connection": {"kind": "dimse", "ae_title": "A", '
+                     '"host": "h", "port": 1}}', ["body", "description"]),
+        ("/sources", '{"name": "s3", "connection": {"kind": "dimse", "ae_title": "A", "host": "h\\u0000", "port": 1}}',
+         ["body", "connection", "dimse", "host"]),
+        ("/sources", '{"name": "s4", "connection": {"kind": "dimse", "ae_title": "A", "host": "h", "port": 1, '
+                     '"connect_timeout": Infinity}}', ["body", "connection", "dimse", "connect_timeout"]),
+        ("/sources", '{"name": "s5", "connection": {"kind": "dimse", "ae_title": "A", "host": "h", "port": 1, '
+                     '"dimse_timeout": 1e300}}', ["body", "connection", "dimse", "dimse_timeout"]),
+        ("/spanner", '{"name": "c1", "minimum_success_threshold": 100000000000000000000}',
+         ["body", "minimum_success_threshold"]),
+        ("/spanner", '{"name": "c2", "query_timeout_seconds": NaN}', ["body", "query_timeout_seconds"]),
+        (f"/spanner/{config['id']}/sources", f'{{"source_id": {huge}}}', ["body", "source_id"]),
+        (f"/spanner/{config['id']}/sources", f'{{"source_id": {source["id"]}, "timeout_seconds": NaN}}',
+         ["body", "timeout_seconds"]),
+        (f"/spanner/{config['id']}/sources", f'{{"source_id": {source["id"]}, "priority": {huge}}}',
+         ["body", "priority"]),
+        (f"/spanner/{config['id']}/sources", f'{{"source_id": {source["id"]}, '
+                                             f'"additional_query_filters": {{"PatientID": "\\u0000"}}}}',
+         ["body", "additional_query_filters"]),
+    ]
+    for path, body, loc in raw_bodies:
+        answer = client.post(CONFIG + path, content=body, headers={**client.admin, "Content-Type": "application/json"})
+        assert field_locs(answer) == [loc], (path, body)
+    assert [s["name"] for s in client.get(f"{CONFIG}/sources", headers=client.admin).json()] == ["pacs-a"]
+
+
 # -- RBAC ----------------------------------------------------------------------------------------------------------
 
 READS = ["/sources", "/sources/1", "/dimse-qr-sources", "/dicomweb-sources", "/destinations", "/destinations/1",

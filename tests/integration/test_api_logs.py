@@ -67,7 +67,8 @@ def test_filters_by_status_time_and_limit(client):
 
 
 @pytest.mark.parametrize("params, field", [({"limit": 0}, "limit"), ({"limit": 1001}, "limit"),
-                                           ({"status": "done"}, "status"), ({"since": "yesterday"}, "since")])
+                                           ({"status": "done"}, "status"), ({"since": "yesterday"}, "since"),
+                                           ({"spanner_config_id": 10**20}, "spanner_config_id")])
 def test_bad_filters_are_422_naming_the_parameter(client, params, field):
     answer = client.get(LOGS, headers=client.admin, params=params)
     assert answer.status_code == 422 and answer.json()["detail"][0]["loc"] == ["query", field]

@@ -112,6 +112,18 @@ def test_bad_value_names_field_path_and_line(factory):
     assert "line 12: spanner_configs[0].sources[1].priority:" in message
 
 
+def test_values_a_database_or_socket_cannot_take_are_named(factory):
+    message = problem_of(factory, EXAMPLE.replace("query_timeout_seconds: 30", 'description: "a\\0b"'))
+    assert "spanner_configs[0].description:" in message and "NUL" in message
+    message = problem_of(factory, EXAMPLE.replace("timeout_seconds: 20", "timeout_seconds: .inf"))
+    assert "spanner_configs[0].sources[0].timeout_seconds:" in message
+    message = problem_of(factory, EXAMPLE.replace("port: 4242}", "port: 4242, connect_timeout: 1e300}"))
+    assert "sources[0].connect_timeout:" in message
+    message = problem_of(factory, EXAMPLE.replace("{source: WEB1, priority: 2}", "{source: WEB1, priority: 1e40}"))
+    assert "spanner_configs[0].sources[1].priority:" in message
+    assert counts(factory) == (0, 0, 0)
+
+
 def test_unknown_kind_and_unknown_field_are_named(factory):
     assert "line 2: sources[0].kind: unknown kind 'ftp'" in problem_of(factory, EXAMPLE.replace("kind: dimse", "kind: ftp"))
     message = problem_of(factory, EXAMPLE.replace("query_timeout_seconds: 30", "query_timeout: 30"))

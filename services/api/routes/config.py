@@ -19,7 +19,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from services.api.config_schemas import DestinationIn, DestinationOut
-from services.api.deps import AdminDep, PrincipalDep, SessionDep
+from services.api.deps import AdminDep, PrincipalDep, RowId, SessionDep
 from shared.db.models import DicomDestination
 from shared.db.repo.destinations import delete_destination, get_destination, list_destinations, upsert_destination
 from shared.db.repo.upserts import Upserted
@@ -92,13 +92,13 @@ def create_destination(body: DestinationIn, session: SessionDep, _admin: AdminDe
 
 
 @router.get("/destinations/{id}", response_model=DestinationOut)
-def read_destination(id: int, session: SessionDep, _principal: PrincipalDep) -> DestinationOut:
+def read_destination(id: RowId, session: SessionDep, _principal: PrincipalDep) -> DestinationOut:
     """One destination."""
     return DestinationOut.of(_destination(session, id))
 
 
 @router.put("/destinations/{id}", response_model=DestinationOut)
-def replace_destination(id: int, body: DestinationIn, session: SessionDep, _admin: AdminDep) -> DestinationOut:
+def replace_destination(id: RowId, body: DestinationIn, session: SessionDep, _admin: AdminDep) -> DestinationOut:
     """Replace a destination wholly (its AE title may change; 409 when the new one is taken)."""
     row = _destination(session, id)
     _check_ae_title_free(session, body.ae_title, id)
@@ -110,7 +110,7 @@ def replace_destination(id: int, body: DestinationIn, session: SessionDep, _admi
 
 
 @router.delete("/destinations/{id}", status_code=status.HTTP_204_NO_CONTENT)
-def delete_destination_row(id: int, session: SessionDep, _admin: AdminDep) -> Response:
+def delete_destination_row(id: RowId, session: SessionDep, _admin: AdminDep) -> Response:
     """Delete a destination."""
     delete_destination(session, ae_title=_destination(session, id).ae_title)
     session.commit()

@@ -16,7 +16,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from services.api.config_schemas import SourceIn, SourceOut
-from services.api.deps import AdminDep, PrincipalDep, SessionDep
+from services.api.deps import AdminDep, PrincipalDep, RowId, SessionDep
 from services.api.routes.config import committed_or_conflict, conflict, field_error, not_found, written_row
 from shared.db.models import Source, SpannerConfig, SpannerSourceMapping
 from shared.db.repo.sources import get_source, list_sources, upsert_source
@@ -97,13 +97,13 @@ def create_source(body: SourceIn, request: Request, session: SessionDep, _admin:
 
 
 @router.get("/sources/{id}", response_model=SourceOut)
-def read_source(id: int, session: SessionDep, _principal: PrincipalDep) -> SourceOut:
+def read_source(id: RowId, session: SessionDep, _principal: PrincipalDep) -> SourceOut:
     """One source, secrets masked."""
     return SourceOut.of(_source(session, id))
 
 
 @router.put("/sources/{id}", response_model=SourceOut)
-def replace_source(id: int, body: SourceIn, request: Request, session: SessionDep, _admin: AdminDep) -> SourceOut:
+def replace_source(id: RowId, body: SourceIn, request: Request, session: SessionDep, _admin: AdminDep) -> SourceOut:
     """Replace a source wholly (it may be renamed; 409 when the new name is taken). Masked secrets keep theirs."""
     source = _source(session, id)
     _check_name_free(session, body.name, id)
@@ -112,7 +112,7 @@ def replace_source(id: int, body: SourceIn, request: Request, session: SessionDe
 
 
 @router.delete("/sources/{id}", status_code=status.HTTP_204_NO_CONTENT)
-def delete_source(id: int, session: SessionDep, _admin: AdminDep) -> Response:
+def delete_source(id: RowId, session: SessionDep, _admin: AdminDep) -> Response:
     """Delete a source; 409 naming the spanner configs that still use it."""
     source = _source(session, id)
     users = list(session.scalars(

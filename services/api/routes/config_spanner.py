@@ -20,7 +20,7 @@ from services.api.config_schemas import (
     SpannerConfigOut,
     SpannerTestOut,
 )
-from services.api.deps import AdminDep, PrincipalDep, SessionDep
+from services.api.deps import AdminDep, PrincipalDep, RowId, SessionDep
 from services.api.routes.config import committed_or_conflict, conflict, field_error, not_found, written_row
 from shared.adapters.probe import probe_sources
 from shared.db.models import Source, SpannerConfig, SpannerSourceMapping
@@ -81,13 +81,13 @@ def create_config(body: SpannerConfigIn, session: SessionDep, _admin: AdminDep) 
 
 
 @router.get("/{id}", response_model=SpannerConfigOut)
-def read_config(id: int, session: SessionDep, _principal: PrincipalDep) -> SpannerConfigOut:
+def read_config(id: RowId, session: SessionDep, _principal: PrincipalDep) -> SpannerConfigOut:
     """One spanner config with its sources."""
     return SpannerConfigOut.of(_config(session, id))
 
 
 @router.put("/{id}", response_model=SpannerConfigOut)
-def replace_config(id: int, body: SpannerConfigIn, session: SessionDep, _admin: AdminDep) -> SpannerConfigOut:
+def replace_config(id: RowId, body: SpannerConfigIn, session: SessionDep, _admin: AdminDep) -> SpannerConfigOut:
     """Replace a spanner config wholly (omitted fields take their defaults; its sources are kept). It may be
     renamed; 409 when the new name or SCP AE title is taken."""
     config = _config(session, id)
@@ -96,7 +96,7 @@ def replace_config(id: int, body: SpannerConfigIn, session: SessionDep, _admin: 
 
 
 @router.delete("/{id}", status_code=status.HTTP_204_NO_CONTENT)
-def delete_config(id: int, session: SessionDep, _admin: AdminDep) -> Response:
+def delete_config(id: RowId, session: SessionDep, _admin: AdminDep) -> Response:
     """Delete a spanner config and its source mappings (the sources stay)."""
     session.delete(_config(session, id))
     session.commit()
@@ -113,13 +113,13 @@ def _spec(mapping: SpannerSourceMapping) -> MappingSpec:
 
 
 @router.get("/{id}/sources", response_model=list[MappingOut])
-def list_mappings(id: int, session: SessionDep, _principal: PrincipalDep) -> list[MappingOut]:
+def list_mappings(id: RowId, session: SessionDep, _principal: PrincipalDep) -> list[MappingOut]:
     """The config's sources, by priority (lower = preferred)."""
     return [MappingOut.of(m) for m in _config(session, id).mappings]
 
 
 @router.post("/{id}/sources", response_model=MappingOut, status_code=status.HTTP_201_CREATED)
-def add_mapping(id: int, body: MappingIn, session: SessionDep, _admin: AdminDep) -> MappingOut:
+def add_mapping(id: RowId, body: MappingIn, session: SessionDep, _admin: AdminDep) -> MappingOut:
     """Add a source to the config with its priority, timeout, retries and extra query filters; 422 for an unknown
     source id, 409 when the source is already mapped (DELETE it first to change it)."""
     config = _config(session, id)
@@ -136,7 +136,7 @@ def add_mapping(id: int, body: MappingIn, session: SessionDep, _admin: AdminDep)
 
 
 @router.delete("/{id}/sources/{source_id}", status_code=status.HTTP_204_NO_CONTENT)
-def remove_mapping(id: int, source_id: int, session: SessionDep, _admin: AdminDep) -> Response:
+def remove_mapping(id: RowId, source_id: RowId, session: SessionDep, _admin: AdminDep) -> Response:
     """Remove a source from the config (the source itself stays); 404 when it is not mapped."""
     config = _config(session, id)
     if not any(m.source_id == source_id for m in config.mappings):
@@ -150,7 +150,7 @@ def remove_mapping(id: int, source_id: int, session: SessionDep, _admin: AdminDe
 
 
 @router.post("/{id}/test", response_model=SpannerTestOut)
-def test_config(id: int, session: SessionDep, _admin: AdminDep) -> SpannerTestOut:
+def test_config(id: RowId, session: SessionDep, _admin: AdminDep) -> SpannerTestOut:
     """Probe every source mapped to the config (enabled or not) in parallel: C-ECHO to DIMSE sources with their
     calling AE title and timeouts, QIDO-RS `studies?limit=1` to DICOMweb sources; per source `reachable`,
     `latency_ms` (round trip) and `error`. The answer is 200 whatever the sources say."""

@@ -13,6 +13,7 @@ from fastapi import APIRouter, Query
 
 from services.api.deps import PrincipalDep, SessionDep
 from services.api.schemas import QueryLogOut
+from shared.db.base import MAX_INTEGER
 from shared.db.models import QueryLogStatus, Role
 from shared.db.repo.query_logs import list_query_logs
 
@@ -25,7 +26,7 @@ def query_logs(
     session: SessionDep,
     limit: Annotated[int, Query(ge=1, le=1000)] = 50,
     status: QueryLogStatus | None = None,
-    spanner_config_id: int | None = None,
+    spanner_config_id: Annotated[int | None, Query(ge=1, le=MAX_INTEGER)] = None,
     since: datetime | None = None,
 ) -> list[QueryLogOut]:
     """The newest spanned queries (C-FIND, QIDO, C-MOVE/C-GET locates, distributed spans) with their outcomes."""

@@ -26,33 +26,24 @@ name and address as requester.
 from __future__ import annotations
 
 import logging
-from contextlib import asynccontextmanager
-from typing import Any, NoReturn
+from typing import Any
 
-from fastapi import APIRouter, FastAPI, HTTPException, Request, Response, status
-from fastapi.concurrency import run_in_threadpool
+from fastapi import APIRouter, HTTPException, Request, Response, status
 from fastapi.responses import JSONResponse
 from pydicom import Dataset
 from pydicom.dataelem import DataElement
 from pydicom.tag import Tag
 
 from services.api.deps import PrincipalDep
-from shared.db.repo.spanner_configs import (
-    SpanPlan,
-    list_spanner_configs,
-    load_span_plan,
-)
+from services.api.spanning import CONFIG_PARAMETER, QIDO, requester, span_client_lifespan, span_plan, warning_header
 from shared.dicom.dicom_json import dataset_to_json
 from shared.dicom.levels import QueryLevel
 from shared.dicom.qido_params import QidoParameterError, QidoSearch, parse_qido_search
 from shared.logging import log_event
-from shared.security.networks import address_allowed
-from shared.span_client import InProcessSpanClient
 from shared.spanning.model import Match, SourceStatus, SpanRequest, SpanResult
 
 logger = logging.getLogger(__name__)
 DICOM_JSON = "application/dicom+json"
-CONFIG_PARAMETER = "spanner_config_id"
 WADO_ROOT = "/api/v1/spanner/wado"
 FUZZY_WARNING = "The fuzzymatching parameter is not supported. Only literal matching has been performed."
 _DROPPED = (Tag(0x00080052), Tag(0x00080005))  # QueryRetrieveLevel, SpecificCharacterSet (DICOM JSON is UTF-8)
@@ -60,20 +51,6 @@ _RETRIEVE_AE_TITLE, _RETRIEVE_URL = Tag(0x00080054), Tag(0x00081190)
 _ANSWERS = {200: {"description": "matches as DICOM JSON (PS3.18 F.2)", "content": {DICOM_JSON: {}}},
             204: {"description": "no match"}, 400: {"description": "a bad query parameter, named"},
             404: {"description": "unknown spanner config"}, 502: {"description": "the span failed"}}
-
-
-@asynccontextmanager
-async def span_client_lifespan(app: FastAPI):
-    """Give the app a span client for its life unless it has one already (e.g. a distributed client)."""
-    owned = None
-    if getattr(app.state, "span_client", None) is None:
-        owned = app.state.span_client = InProcessSpanClient(session_factory=app.state.session_factory)
-    try:
-        yield
-    finally:
-        if owned is not None:
-            app.state.span_client = None
-            await run_in_threadpool(owned.close)
 
 
 router = APIRouter(prefix="/api/v1/spanner/qido", tags=["qido-rs"], lifespan=span_client_lifespan)
@@ -125,62 +102,23 @@ def _search(request: Request, user: str, level: QueryLevel, path_uids: dict[str,
         search = parse_qido_search(level, params, path_uids=path_uids)
     except QidoParameterError as exc:
         raise HTTPException(status.HTTP_400_BAD_REQUEST, str(exc)) from None
-    plan = _plan(request, request.query_params.getlist(CONFIG_PARAMETER))
+    plan = span_plan(request, QIDO)
     client = getattr(request.app.state, "span_client", None)
     if client is None:
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "the span client is not running (app not started)")
     span = SpanRequest(level=level, identifier=search.identifier, query_type="QIDO")
-    requester = {"user": user, "address": request.client.host if request.client else None}
-    result = client.run(span, plan.sources, plan.policy, config_id=plan.config.id, requester=requester,
-                        cache_ttl_seconds=plan.config.cache_ttl_seconds)
+    result = client.run(span, plan.sources, plan.policy, config_id=plan.config.id,
+                        requester=requester(request, user), cache_ttl_seconds=plan.config.cache_ttl_seconds)
     if not result.status.succeeded:
         return _failed(result)
     return _answer(request, search, result)
-
-
-def _plan(request: Request, given: list[str]) -> SpanPlan:
-    """The plan of the requested (or the default) config; 400/404 as the module doc says."""
-    if len(given) > 1:
-        _bad_config(f"{CONFIG_PARAMETER} is given more than once")
-    with request.app.state.session_factory() as session:
-        config_id = _config_id(session, given[0] if given else None)
-        try:
-            plan = load_span_plan(session, config_id=config_id)
-        except LookupError:
-            raise HTTPException(status.HTTP_404_NOT_FOUND, f"no spanner config with id {config_id}") from None
-        except ValueError as exc:
-            _bad_config(f"{CONFIG_PARAMETER}={config_id}: {exc}")
-    if not plan.config.supports_qido:
-        _bad_config(f"{CONFIG_PARAMETER}={config_id}: spanner config {plan.config.name!r} does not serve QIDO-RS "
-                    "(supports_qido is false)")
-    address = request.client.host if request.client else None
-    if not address_allowed(address, plan.config.allowed_client_networks):
-        raise HTTPException(status.HTTP_403_FORBIDDEN, f"client address {address} is not in the allowed networks "
-                                                       f"of spanner config {plan.config.name!r}")
-    return plan
-
-
-def _config_id(session, given: str | None) -> int:
-    if given is not None:
-        if not given.strip().isdigit():
-            _bad_config(f"{CONFIG_PARAMETER} must be a spanner config id (an integer), got {given!r}")
-        return int(given)
-    serving = [c for c in list_spanner_configs(session, enabled_only=True) if c.supports_qido]
-    if len(serving) == 1:
-        return serving[0].id
-    which = ", ".join(f"{c.id} ({c.name})" for c in serving) or "none is enabled with supports_qido"
-    _bad_config(f"give {CONFIG_PARAMETER}: no single default spanner config serves QIDO-RS ({which})")
-
-
-def _bad_config(message: str) -> NoReturn:
-    raise HTTPException(status.HTTP_400_BAD_REQUEST, message)
 
 
 def _answer(request: Request, search: QidoSearch, result: SpanResult) -> Response:
     matches = result.matches[search.offset:]
     if search.limit is not None:
         matches = matches[: search.limit]
-    warnings = [_warning(text) for text in _warning_texts(search, result)]
+    warnings = [warning_header(text) for text in _warning_texts(search, result)]
     if not matches:
         response = Response(status_code=status.HTTP_204_NO_CONTENT)
     else:
@@ -233,12 +171,6 @@ def _warning_texts(search: QidoSearch, result: SpanResult) -> list[str]:
     if search.fuzzy_matching:
         texts.append(FUZZY_WARNING)
     return texts
-
-
-def _warning(text: str) -> str:
-    """A Warning header value (RFC 7234 5.5): code 299, agent "axiom", a quoted ASCII text."""
-    clean = "".join(c if 0x20 <= ord(c) < 0x7F and c not in '"\\' else "'" if c == '"' else "?" for c in text)
-    return f'299 axiom "{clean[:300]}"'
 
 
 def _failed(result: SpanResult) -> JSONResponse:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from shared.db.base import utc_now
@@ -28,6 +28,11 @@ def get_user(session: Session, *, username: str | None = None, user_id: int | No
         raise ValueError("give exactly one of username or user_id")
     column, value = (User.username, username) if username is not None else (User.id, user_id)
     return session.scalar(select(User).where(column == value))
+
+
+def find_users_by_username_ci(session: Session, *, username: str) -> list[User]:
+    """The users (active or not) whose username equals `username` ignoring ASCII case (usernames are ASCII)."""
+    return list(session.scalars(select(User).where(func.lower(User.username) == username.lower()).order_by(User.id)))
 
 
 def list_users(session: Session) -> list[User]:
