@@ -12,8 +12,6 @@ is written by the receiving side (pynetdicom's Implementation Class UID / Versio
 
 from __future__ import annotations
 
-import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from io import BytesIO
@@ -21,7 +19,6 @@ from typing import Iterator
 
 import httpx
 import pytest
-import uvicorn
 from dicomweb_client.api import DICOMwebClient
 from pydicom import dcmread
 
@@ -30,7 +27,7 @@ from shared.db.repo.sources import upsert_source
 from shared.db.repo.spanner_configs import MappingSpec, replace_mappings, upsert_spanner_config
 from shared.dicom.multipart import boundary_from_content_type, iter_multipart
 from shared.security.users import create_user
-from tests.integration.api_fixtures import CHEAP, api_settings, migrated_sqlite
+from tests.integration.api_fixtures import CHEAP, api_settings, migrated_sqlite, served
 from tests.peers import free_port, require
 from tests.peers.orthanc import OrthancPeer, orthanc_available
 from tests.peers.studies import ARCHIVE_A, ARCHIVE_B, build_instances, study
@@ -90,20 +87,11 @@ def stack(tmp_path_factory) -> Iterator[Stack]:
     url, engine, ids = _database(tmp, a, b)
     app = create_app(api_settings(url, AXIOM_API_HOST="127.0.0.1", AXIOM_API_STORE_PORT=store_port,
                                   AXIOM_API_STORE_AE_TITLE=API_AE))
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=api_port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
     try:
-        deadline = time.monotonic() + 10
-        while not server.started:
-            assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
-            time.sleep(0.02)
-        base = f"http://127.0.0.1:{api_port}"
-        token = httpx.post(f"{base}/api/v1/auth/token", data={"username": "alice", "password": PASSWORD}).json()
-        yield Stack(a, b, base, {"Authorization": f"Bearer {token['access_token']}"}, ids)
+        with served(app, api_port) as base:
+            token = httpx.post(f"{base}/api/v1/auth/token", data={"username": "alice", "password": PASSWORD}).json()
+            yield Stack(a, b, base, {"Authorization": f"Bearer {token['access_token']}"}, ids)
     finally:
-        server.should_exit = True
-        thread.join(timeout=10)
         engine.dispose()
         with ThreadPoolExecutor(max_workers=2) as pool:
             list(pool.map(lambda peer: peer.stop(), (a, b)))

@@ -3,7 +3,13 @@ a bearer header from the real token route."""
 
 from __future__ import annotations
 
+import threading
+import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
+
+import uvicorn
 
 from argon2 import PasswordHasher
 
@@ -48,3 +54,21 @@ def bearer(client, username: str, password: str) -> dict[str, str]:
     answer = client.post("/api/v1/auth/token", data={"username": username, "password": password})
     assert answer.status_code == 200, answer.text
     return {"Authorization": f"Bearer {answer.json()['access_token']}"}
+
+
+@contextmanager
+def served(app, port: int, **config: object) -> Iterator[str]:
+    """`app` under a real uvicorn server on 127.0.0.1:`port` (in a thread) for clients that need HTTP on a socket
+    (dicomweb-client, streaming); yields its base URL and stops the server afterwards."""
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", **config))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not server.started:
+            assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
+            time.sleep(0.02)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)

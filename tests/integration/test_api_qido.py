@@ -5,11 +5,7 @@ dicomweb-client library searches through the endpoint served by uvicorn."""
 
 from __future__ import annotations
 
-import threading
-import time
-
 import pytest
-import uvicorn
 from dicomweb_client.api import DICOMwebClient
 from fastapi.testclient import TestClient
 from sqlalchemy import select
@@ -22,7 +18,7 @@ from shared.db.repo.sources import upsert_source
 from shared.db.repo.spanner_configs import MappingSpec, replace_mappings, upsert_spanner_config
 from shared.dicom.levels import QueryLevel
 from shared.security.users import create_user
-from tests.integration.api_fixtures import CHEAP, api_settings, bearer, migrated_sqlite
+from tests.integration.api_fixtures import CHEAP, api_settings, bearer, migrated_sqlite, served
 from tests.peers import free_port
 
 PASSWORD = "alice-password-1"
@@ -233,16 +229,8 @@ def test_every_route_needs_authentication(app, client):
 
 
 def test_dicomweb_client_searches_through_the_endpoint(app, client, catalogs):
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 10
-        while not server.started:
-            assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
-            time.sleep(0.02)
-        dicomweb = DICOMwebClient(url=f"http://127.0.0.1:{port}{ROOT}",
+    with served(app, free_port()) as base:
+        dicomweb = DICOMwebClient(url=f"{base}{ROOT}",
                                   headers={"Authorization": client.headers["Authorization"]})
         extra = {"spanner_config_id": str(client.ids["both"])}
         studies = dicomweb.search_for_studies(additional_params=extra)
@@ -254,6 +242,3 @@ def test_dicomweb_client_searches_through_the_endpoint(app, client, catalogs):
             union(catalogs, QueryLevel.SERIES, "SeriesInstanceUID", StudyInstanceUID=study)
         assert all(s["00080020"]["Value"] for s in series)
         assert dicomweb.search_for_studies(search_filters={"PatientID": "NOBODY-HERE"}, additional_params=extra) == []
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
