@@ -5,7 +5,9 @@ The one place that builds `shared.retrieval.service.RetrievalService` for real u
 C-GET (services/listener) and the API's tracked move jobs call `for_plan(plan)`. A config's service is kept while
 its sources and policy stay the same, so concurrent retrievals share its locate cache ("recent finds may be
 reused") and its spool budget; it is rebuilt when the config changes. Locates are spans run by the given span
-client (embedded or distributed), so they are written to the query log like any other span.
+client (embedded or distributed), so they are written to the query log like any other span: with the retrieval's
+Origin (RetrieveRequest.origin) as requester — the calling AE title and address, or the API user and address —
+and its operation as query type (C-MOVE, C-GET, WADO); a retrieval without an origin as INTERNAL_REQUESTER.
 """
 
 from __future__ import annotations
@@ -20,10 +22,12 @@ from shared.adapters.dimse_store import DimseStorePort
 from shared.adapters.retrieve_ports import RoutingRetrievePort
 from shared.db.repo.spanner_configs import SpanPlan
 from shared.retrieval.inbox import Inbox
+from shared.retrieval.model import Origin
 from shared.retrieval.service import RetrievalService
 from shared.spanning.model import SpanRequest, SpanResult
 
 LOCATE_CACHE_SECONDS = 30.0
+INTERNAL_REQUESTER = {"user": "retrieval-locate"}  # a retrieval nobody in particular asked for
 
 
 @dataclass
@@ -62,9 +66,9 @@ class RetrievalServices:
     def _build(self, plan: SpanPlan) -> RetrievalService:
         config_id, sources, policy = plan.config.id, list(plan.sources), plan.policy
 
-        def locate(request: SpanRequest) -> SpanResult:
-            return self._client.run(request, sources, policy, config_id=config_id,
-                                    requester={"user": "retrieval-locate"})
+        def locate(request: SpanRequest, origin: Origin | None) -> SpanResult:
+            requester = origin.requester if origin is not None else dict(INTERNAL_REQUESTER)
+            return self._client.run(request, sources, policy, config_id=config_id, requester=requester)
 
         return RetrievalService(
             locate=locate, sources=sources, retrieve_port=self.retrieve_port, store_port=self._store_port,

@@ -5,9 +5,11 @@ ValueError; a SECRET_KEY that is set must be 32+ characters everywhere. In the e
 without SECRET_KEY a random per-process key is drawn and a warning logged: tokens do not survive a restart, and
 another process (the coordinator) cannot verify them.
 
-Routes so far: /health, /api/v1/openapi.json and /api/v1/docs (authenticated), /api/v1/auth/token, /api/v1/auth/me,
-the configuration routes under /api/v1/config (routes/config*.py) and QIDO-RS spanning under
-/api/v1/spanner/qido (routes/qido.py), and the query log at /api/v1/spanner/services/logs.
+Routes: /health, /api/v1/openapi.json and /api/v1/docs (authenticated), /api/v1/auth/token, /api/v1/auth/google,
+/api/v1/auth/me, the configuration routes under /api/v1/config (routes/config*.py), QIDO-RS and WADO-RS spanning
+under /api/v1/spanner/qido and /api/v1/spanner/wado (routes/qido.py, routes/wado.py), and under
+/api/v1/spanner/services the query log (routes/logs.py), service status and control (routes/services.py) and the
+tracked C-MOVE jobs (routes/moves.py).
 CORS (AXIOM_CORS_ORIGINS) is off unless origins are configured.
 """
 
@@ -21,6 +23,7 @@ from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 
+from services.api.heartbeat import heartbeat_lifespan
 from services.api.routes import auth, config, config_sources, config_spanner, logs, meta, moves, qido, wado
 from services.api.routes import services as service_routes
 from services.api.validation_errors import validation_error_response
@@ -64,9 +67,10 @@ def create_app(settings: Settings, *, session_factory=None) -> FastAPI:
         session_factory = make_sessionmaker(engine)
 
     @asynccontextmanager
-    async def lifespan(_app: FastAPI):
+    async def lifespan(started: FastAPI):
         try:
-            yield
+            async with heartbeat_lifespan(started):  # registers `api:<AXIOM_INSTANCE_ID>` (services.api.heartbeat)
+                yield
         finally:
             if engine is not None:
                 engine.dispose()

@@ -6,6 +6,7 @@ PS3.5 9.1); `destination_ae` as an AE title (PS3.5 6.2) — that it is a configu
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -17,11 +18,13 @@ from shared.db.models import MoveJob
 from shared.dicom.levels import STUDY_ROOT_MOVE
 from shared.dicom.scp_requests import IdentifierError, retrieve_request
 from shared.provisioning.schema import AeTitle
-from shared.retrieval.model import CmoveStrategy, RetrieveRequest
+from shared.retrieval.model import CmoveStrategy, Origin, RetrieveRequest
 
 
-def study_move_request(study_uid: str, *, query_id: str | None = None) -> RetrieveRequest:
-    """The STUDY-level Study Root C-MOVE request of one study (PS3.4 C.4.2.2.1); ValueError naming what is wrong."""
+def study_move_request(study_uid: str, *, query_id: str | None = None,
+                       origin: Origin | None = None) -> RetrieveRequest:
+    """The STUDY-level Study Root C-MOVE request of one study (PS3.4 C.4.2.2.1); ValueError naming what is wrong.
+    `origin`: who asked (its locate's query log row names them)."""
     if "\\" in study_uid:
         raise ValueError("a single Study Instance UID, not a list")
     try:  # before it is set on a Dataset, which would only warn
@@ -31,9 +34,10 @@ def study_move_request(study_uid: str, *, query_id: str | None = None) -> Retrie
     identifier = Dataset()
     identifier.QueryRetrieveLevel, identifier.StudyInstanceUID = "STUDY", study_uid
     try:
-        return retrieve_request(identifier, STUDY_ROOT_MOVE, query_id=query_id)
+        request = retrieve_request(identifier, STUDY_ROOT_MOVE, query_id=query_id)
     except IdentifierError as exc:
         raise ValueError(str(exc)) from None
+    return request if origin is None else replace(request, origin=origin)
 
 
 class MoveJobIn(BaseModel):

@@ -7,12 +7,15 @@
   caller's own association; the counts combine the caller's C-STORE statuses with what no holder delivered.
 * A config without supports_cmove / supports_cget refuses with 0x0122 (SOP class not supported, PS3.7 C.5.3);
   an identifier without the level's unique keys gets 0xA900 with an Error Comment (shared.dicom.scp_requests).
+* The locate of each retrieval is written to the query log as the C-MOVE or C-GET it serves, with the calling AE
+  title and address as requester (as C-FIND spans are, services.listener.handlers).
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
+from dataclasses import replace
 from typing import Callable, Generator
 
 from pydicom import Dataset
@@ -26,7 +29,7 @@ from shared.db.repo.destinations import get_destination
 from shared.db.repo.spanner_configs import SpanPlan
 from shared.dicom.scp_requests import IdentifierError, retrieve_request
 from shared.logging import log_event
-from shared.retrieval.model import CANCEL, Destination, RetrieveOutcome, RetrieveProgress, RetrieveRequest
+from shared.retrieval.model import CANCEL, Destination, Origin, RetrieveOutcome, RetrieveProgress, RetrieveRequest
 from shared.retrieval.tally import Tally
 from shared.retrieval_services import RetrievalServices
 from shared.spanning.ports import CancelToken
@@ -104,6 +107,7 @@ class RetrieveHandlers:
             request = retrieve_request(identifier, str(req.AffectedSOPClassUID))
         except IdentifierError as exc:
             return RetrieveOutcome(IDENTIFIER_DOES_NOT_MATCH, error_comment=str(exc))
+        request = replace(request, origin=Origin(operation, ae_title=binding.calling_ae, address=binding.address))
         log_event(logger, "scp_retrieve_received", query_id=request.query_id, operation=operation,
                   calling_ae=binding.calling_ae, called_ae=binding.called_ae, query_level=request.level.value,
                   spanner_config=plan.config.name, destination=getattr(req, "MoveDestination", None))

@@ -39,6 +39,7 @@ from shared.config import Settings
 from shared.db.repo.query_logs import get_query_result
 from shared.dicom.dicom_json import dataset_from_json, dataset_to_json
 from shared.distributed.intake import (
+    LOCATE_QUERY_TYPES,
     Requester,
     SpanRequestError,
     accept_span,
@@ -130,7 +131,7 @@ class DistributedSpanClient:
                 self.rt, config_id=config_id, config_name=None, query_type=request.query_type,
                 query_level=request.level.value, keys=dataset_to_json(request.identifier),
                 requester=Requester(user=requester.get("user"), address=requester.get("address"),
-                                    ae_title=requester.get("ae_title")))
+                                    ae_title=requester.get("ae_title")), query_types=LOCATE_QUERY_TYPES)
         except Exception as exc:  # SpanRequestError (4xx/503) and anything else: a failure status, not a crash
             error = str(exc) if isinstance(exc, SpanRequestError) else \
                 f"could not accept the query: {type(exc).__name__}: {exc}"

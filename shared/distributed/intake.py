@@ -33,6 +33,11 @@ from shared.spanning.model import SourceStatus
 from shared.spanning.policy import ok_count
 
 logger = logging.getLogger(__name__)
+# What the coordinator's HTTP callers may ask for: a span is a C-FIND across the sources.
+HTTP_QUERY_TYPES = frozenset({QueryType.C_FIND})
+# What the in-process distributed span client records: the spanning SCP's C-FINDs, and the locates of C-MOVE, C-GET
+# and WADO-RS retrievals (PS3.4 C.4.2.2: a locate is a C-FIND; the query log names the operation it serves).
+LOCATE_QUERY_TYPES = frozenset(QueryType)
 QUERY_ID_PATTERN = re.compile(r"[0-9a-f]{32}")
 MAX_KEYS = 64
 REPLAN_AFTER = timedelta(seconds=10)  # an `accepted` query not planned by then has its plan message sent again
@@ -65,10 +70,12 @@ def check_query_id(query_id: str) -> str:
 
 
 def accept_span(rt: SpanRuntime, *, config_id: int | None, config_name: str | None, query_type: str,
-                query_level: str, keys: Any, requester: Requester = Requester()) -> dict[str, Any]:
+                query_level: str, keys: Any, requester: Requester = Requester(),
+                query_types: frozenset[QueryType] = HTTP_QUERY_TYPES) -> dict[str, Any]:
     """Validate and record a spanning query, then queue it (PLAN_SPAN); the 202 body. SpanRequestError (4xx) names
-    the field; 503 when the broker cannot take the message (the query is then closed as failed, not lost)."""
-    kind, level, identifier = _validated(config_id, config_name, query_type, query_level, keys)
+    the field; 503 when the broker cannot take the message (the query is then closed as failed, not lost).
+    `query_types`: the query types this caller may record (see HTTP_QUERY_TYPES / LOCATE_QUERY_TYPES)."""
+    kind, level, identifier = _validated(config_id, config_name, query_type, query_level, keys, query_types)
     query_id = uuid.uuid4().hex
     with rt.session_factory.begin() as session:
         config = get_spanner_config(session, id=config_id) if config_id is not None else \
@@ -98,14 +105,14 @@ def accept_span(rt: SpanRuntime, *, config_id: int | None, config_name: str | No
             "status_url": f"/spanning-query/{query_id}"}
 
 
-def _validated(config_id, config_name, query_type, query_level, keys):
+def _validated(config_id, config_name, query_type, query_level, keys, query_types):
     if (config_id is None) == (config_name is None):
         raise SpanRequestError(422, "give exactly one of spanner_config_id or spanner_config")
     try:
         kind = parse_choice(QueryType, query_type, "query_type")
     except ValueError as exc:
         raise SpanRequestError(422, str(exc)) from None
-    if kind is not QueryType.C_FIND:
+    if kind not in query_types:
         raise SpanRequestError(422, f"query_type: {kind.value} is not spanned by the coordinator; use C-FIND")
     try:
         level = QueryLevel.parse(query_level)

@@ -16,7 +16,7 @@ from pydicom.multival import MultiValue
 
 from shared.dicom.dicom_json import dataset_to_json
 from shared.dicom.levels import UNIQUE_KEYS, InformationModel, QueryLevel, parent_unique_keys
-from shared.retrieval.model import RetrieveRequest
+from shared.retrieval.model import RETRIEVAL_QUERY_TYPES, Origin, RetrieveRequest
 from shared.spanning.model import SpanRequest, SpanResult, SpanStatus
 
 # The return key that counts an entity's instances, PS3.4 C.6.1.1.2-C.6.1.1.4 / C.6.2.1.2-C.6.2.1.3.
@@ -25,6 +25,8 @@ COUNT_KEYS: dict[QueryLevel, str] = {
     QueryLevel.STUDY: "NumberOfStudyRelatedInstances",
     QueryLevel.SERIES: "NumberOfSeriesRelatedInstances",
 }
+# What a locate may be logged as (spanner_query_logs.query_type): the retrieval it serves, or a bare C-FIND.
+LOCATE_QUERY_TYPES = ("C-FIND", *RETRIEVAL_QUERY_TYPES)
 
 
 @dataclass(frozen=True)
@@ -65,12 +67,16 @@ class Batch:
         return expected_total(self.entities)
 
 
-def locate_request(request: RetrieveRequest, query_type: str = "C-FIND") -> SpanRequest:
+def locate_request(request: RetrieveRequest, operation: str | None = None) -> SpanRequest:
     """The spanning C-FIND that locates `request`'s entities (PS3.4 C.4.2.2): its unique keys as matching keys (a
     list of UIDs at its level is List of UID matching, C.2.2.2.2), the parents' unique keys it lacks as return keys,
     and the return keys that size the retrieval: NumberOf*RelatedInstances, or SOPClassUID at IMAGE level.
-    A fresh query_id: each locate is a span of its own (query logs key on it), logged as `query_type` (the
-    retrieval it serves: C-MOVE or C-GET)."""
+    A fresh query_id: each locate is a span of its own (query logs key on it). Its query type is the operation it
+    serves: the request's origin (e.g. WADO for a WADO-RS retrieve served by C-GET), else `operation` (C-MOVE,
+    C-GET), else C-FIND; ValueError for any other (the query log knows no other, LOCATE_QUERY_TYPES)."""
+    query_type = request.origin.query_type if request.origin is not None else operation or "C-FIND"
+    if query_type not in LOCATE_QUERY_TYPES:
+        raise ValueError(f"a locate's query type must be one of {', '.join(LOCATE_QUERY_TYPES)}, got {query_type!r}")
     identifier = Dataset()
     for keyword in parent_unique_keys(request.level, request.model) + (UNIQUE_KEYS[request.level],):
         setattr(identifier, keyword, key_text(request.identifier.get(keyword)))
@@ -81,17 +87,19 @@ def locate_request(request: RetrieveRequest, query_type: str = "C-FIND") -> Span
     return SpanRequest(level=request.level, identifier=identifier, model=request.model, query_type=query_type)
 
 
-def instances_request(entity: Entity, sop_instance_uids: Iterable[str], model: InformationModel) -> RetrieveRequest:
+def instances_request(entity: Entity, sop_instance_uids: Iterable[str], model: InformationModel,
+                      origin: Origin | None = None) -> RetrieveRequest:
     """An IMAGE-level request for some instances of `entity` (a STUDY or SERIES): the entity's keys, SOPInstanceUID
     as a list. At STUDY level SeriesInstanceUID stays universal — not a baseline hierarchical query, which archives
-    may refuse; the caller then falls back to retrieving the whole entity."""
+    may refuse; the caller then falls back to retrieving the whole entity. `origin`: the retrieval's, for its
+    locate's query log row."""
     identifier = Dataset()
     for keyword, value in entity.parents:
         setattr(identifier, keyword, value)
     setattr(identifier, UNIQUE_KEYS[entity.level], entity.uid)
     identifier.SeriesInstanceUID = entity.uid if entity.level is QueryLevel.SERIES else ""
     identifier.SOPInstanceUID = "\\".join(sop_instance_uids)
-    return RetrieveRequest(level=QueryLevel.IMAGE, identifier=identifier, model=model)
+    return RetrieveRequest(level=QueryLevel.IMAGE, identifier=identifier, model=model, origin=origin)
 
 
 def located_entities(request: RetrieveRequest, result: SpanResult) -> list[Entity]:
@@ -171,12 +179,13 @@ def plan_batches(entities: Iterable[Entity],
 
 def batch_request(batch: Batch, request: RetrieveRequest) -> RetrieveRequest:
     """The retrieve request for one batch: the parents' unique keys and the batch's UIDs as a list (PS3.4
-    C.4.2.2.1); the original request's query_id for correlation."""
+    C.4.2.2.1); the original request's query_id and origin for correlation."""
     identifier = Dataset()
     for keyword, value in batch.entities[0].parents:
         setattr(identifier, keyword, value)
     setattr(identifier, UNIQUE_KEYS[batch.level], "\\".join(entity.uid for entity in batch.entities))
-    return RetrieveRequest(level=batch.level, identifier=identifier, model=request.model, query_id=request.query_id)
+    return RetrieveRequest(level=batch.level, identifier=identifier, model=request.model, query_id=request.query_id,
+                           origin=request.origin)
 
 
 class LocateCache:

@@ -27,7 +27,7 @@ from shared.dicom.dicom_json import dataset_to_json
 from shared.dicom.levels import QueryLevel
 from shared.logging import log_event
 from shared.retrieval.locate import Entity, key_text, locate_request, located_entities
-from shared.retrieval.model import CANCEL, OUT_OF_RESOURCES_MATCHES, RetrieveOutcome, RetrieveRequest
+from shared.retrieval.model import CANCEL, OUT_OF_RESOURCES_MATCHES, Origin, RetrieveOutcome, RetrieveRequest
 from shared.retrieval.service import Locate, RetrievalService
 from shared.spanning.model import SourceSpec, SpanStatus
 from shared.spanning.ports import CancelToken
@@ -69,15 +69,15 @@ class MetadataResult:
 
 
 def instances_locate_request(study_uid: str, series_uid: str | None = None, sop_uids: Iterable[str] = (),
-                             query_id: str | None = None) -> RetrieveRequest:
+                             query_id: str | None = None, origin: Origin | None = None) -> RetrieveRequest:
     """An IMAGE-level request for the instances of a study, a series or a list of instances (PS3.4 C.4.2.2.1:
-    SOP Instance UIDs as a list; SeriesInstanceUID universal when not given)."""
+    SOP Instance UIDs as a list; SeriesInstanceUID universal when not given); `origin`: who asked."""
     identifier = Dataset()
     identifier.StudyInstanceUID = study_uid
     identifier.SeriesInstanceUID = series_uid or ""
     identifier.SOPInstanceUID = "\\".join(sop_uids)
     extra = {"query_id": query_id} if query_id else {}
-    return RetrieveRequest(level=QueryLevel.IMAGE, identifier=identifier, **extra)
+    return RetrieveRequest(level=QueryLevel.IMAGE, identifier=identifier, origin=origin, **extra)
 
 
 def consolidated_metadata(service: RetrievalService, port: MetadataPort | None, sources: Mapping[str, SourceSpec],
@@ -139,7 +139,7 @@ def _from_retrieval(service: RetrievalService, request: RetrieveRequest, entitie
     identifier = request.identifier
     fetch = instances_locate_request(key_text(identifier.get("StudyInstanceUID")),
                                      key_text(identifier.get("SeriesInstanceUID")) or None,
-                                     [entity.uid for entity in entities], request.query_id)
+                                     [entity.uid for entity in entities], request.query_id, request.origin)
     wanted = {entity.uid for entity in entities}
     got: dict[str, dict[str, Any]] = {}
     stream = service.get(fetch, cancel)

@@ -33,15 +33,44 @@ class CmoveStrategy(str, Enum):
     HYBRID = "HYBRID"  # DIRECT first; on 0xA801 or failure, PROXY for what is missing
 
 
+# The query types a retrieval's locate is logged with (spanner_query_logs.query_type): the operation it serves.
+RETRIEVAL_QUERY_TYPES = ("C-MOVE", "C-GET", "WADO")
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Who asked for a retrieval, and through what, as the query log records its locates: `query_type` the
+    operation served — C-MOVE (PS3.4 C.4.2: the spanning SCP, the API's tracked move jobs), C-GET (C.4.3) or WADO
+    (a WADO-RS retrieve, PS3.18 10.4) — and the requester: the API user, the calling AE title, the client address."""
+
+    query_type: str
+    user: str | None = None
+    ae_title: str | None = None
+    address: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.query_type not in RETRIEVAL_QUERY_TYPES:
+            raise ValueError(f"query_type: expected one of {', '.join(RETRIEVAL_QUERY_TYPES)}, "
+                             f"got {self.query_type!r}")
+
+    @property
+    def requester(self) -> dict[str, str]:
+        """The requester as span clients take it (keys user, ae_title, address; unknown ones left out)."""
+        known = {"user": self.user, "ae_title": self.ae_title, "address": self.address}
+        return {key: value for key, value in known.items() if value}
+
+
 @dataclass(frozen=True)
 class RetrieveRequest:
     """What to retrieve: the level and the unique keys of the entities (PS3.4 C.4.2.2.1: a C-MOVE identifier holds
-    only unique keys; at the request's level a key may be a list of UIDs, backslash-separated)."""
+    only unique keys; at the request's level a key may be a list of UIDs, backslash-separated). `origin`: who asked
+    (None: an internal retrieval, logged as such)."""
 
     level: QueryLevel
     identifier: Dataset
     model: InformationModel = InformationModel.STUDY_ROOT
     query_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    origin: Origin | None = None
 
 
 @dataclass(frozen=True)

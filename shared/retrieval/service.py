@@ -11,7 +11,9 @@ retrieves each batch of entities from its best holder:
 
 A holder that fails hands its entities to their next holder (Match.sources order). The final status follows
 PS3.4 C.4.2.1.5 / C.4.3.1.4 (shared.retrieval.tally). Events: retrieve_started, retrieve_located,
-retrieve_holder_failed, retrieve_completed, with query_id, study_uid, source and destination.
+retrieve_holder_failed, retrieve_completed, with query_id, study_uid, source and destination; retrieve_located
+also names `locate_query_id`, the locate's own span (its query log row, written with the request's Origin: who
+asked and the operation served — PS3.4 C.4.2.2 makes the locate part of the retrieval).
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ from shared.retrieval.model import (
     UNABLE_TO_PROCESS,
     CmoveStrategy,
     Destination,
+    Origin,
     RetrieveOutcome,
     RetrieveProgress,
     RetrieveRequest,
@@ -58,7 +61,10 @@ from shared.retrieval.tally import clip_comment
 from shared.spanning.model import SourceSpec, SpanRequest, SpanResult, SpanStatus
 from shared.spanning.ports import CancelToken
 
-Locate = Callable[[SpanRequest], SpanResult]
+Locate = Callable[[SpanRequest], SpanResult]  # a spanning C-FIND already bound to its caller (requester, config)
+# The service's locate: a spanning C-FIND over the config's sources, logged with the retrieval's origin (who asked;
+# None: an internal retrieval). The query type travels in the SpanRequest (locate_request).
+RetrievalLocate = Callable[[SpanRequest, Origin | None], SpanResult]
 
 
 class RetrievalService:
@@ -68,7 +74,7 @@ class RetrievalService:
     def __init__(
         self,
         *,
-        locate: Locate,
+        locate: RetrievalLocate,
         sources: Sequence[SourceSpec],
         retrieve_port: RetrievePort,
         store_port: StorePort,
@@ -80,8 +86,9 @@ class RetrievalService:
         inbox: Inbox | None = None,
     ) -> None:
         """`locate` runs a spanning C-FIND over the config's sources (bound by the caller to a span client and
-        config); `self_ae_title` and `inbox` are the spanner's own storage AE, the C-MOVE destination for sources
-        without C-GET (without them such sources cannot be proxied); `clock` times the locate cache."""
+        config), written to the query log with the request's Origin as requester; `self_ae_title` and `inbox` are
+        the spanner's own storage AE, the C-MOVE destination for sources without C-GET (without them such sources
+        cannot be proxied); `clock` times the locate cache."""
         self._locate = locate
         self._holders = Holders(retrieve_port, {source.name: source for source in sources}, self_ae_title, inbox)
         self._store_port = store_port
@@ -134,10 +141,15 @@ class RetrievalService:
         finally:
             self._release(job)
 
-    def locate_entities(self, request: RetrieveRequest) -> list[Entity] | RetrieveOutcome:
+    def locate_entities(self, request: RetrieveRequest,
+                        operation: str = "C-MOVE") -> list[Entity] | RetrieveOutcome:
         """The entities `request` names with their holders (PS3.4 C.4.2.2), or the failure outcome of the locate —
-        e.g. for an API that shows what a move job will fetch."""
-        job = Job(request, "locate", CancelToken())
+        e.g. for an API that shows what a move job will fetch. The locate is part of the retrieval it prepares:
+        `operation` (C-MOVE or C-GET; ValueError otherwise) is its query type unless the request's origin says
+        (e.g. WADO). Cancel is not offered: a locate alone is one bounded span."""
+        if operation not in ("C-MOVE", "C-GET"):
+            raise ValueError(f"operation: expected C-MOVE or C-GET, got {operation!r}")
+        job = Job(request, operation, CancelToken())
         entities = self._find_entities(job)
         return job.early if job.early is not None else entities
 
@@ -171,7 +183,7 @@ class RetrievalService:
             return None
         found: dict[str, Entity] = {}
         for entity in batch.entities:
-            request = instances_request(entity, sorted(wanted), job.request.model)
+            request = instances_request(entity, sorted(wanted), job.request.model, job.request.origin)
             result = self._span(locate_request(request, job.operation), job)
             if isinstance(result, RetrieveOutcome):
                 return None
@@ -192,7 +204,8 @@ class RetrievalService:
         best = Counter(entity.holders[0] if entity.holders else "" for entity in entities)
         log_event(logger, "retrieve_located", **job.fields(entities=len(entities), expected=job.expected,
                                                             by_best_holder=dict(best), span_status=result.status.value,
-                                                            failed_sources=result.failed_sources))
+                                                            failed_sources=result.failed_sources,
+                                                            locate_query_id=result.query_id))
         return entities
 
     def _span(self, request: SpanRequest, job: Job) -> SpanResult | RetrieveOutcome:
@@ -203,7 +216,7 @@ class RetrievalService:
         if cached is not None:
             return cached
         try:
-            result = self._locate(request)
+            result = self._locate(request, job.request.origin)
         except Exception as exc:
             logger.exception("locate failed", extra={"event": "retrieve_locate_failed", **job.fields()})
             return RetrieveOutcome(UNABLE_TO_PROCESS, error_comment=clip_comment(f"locate failed: {exc}"))

@@ -200,14 +200,17 @@ class FakeSession:
 
 class FakeLocate:
     """A spanning C-FIND over each source's catalog (sources in priority order): one match per entity at the
-    request's level, with its parents' keys, its instance count (SOPClassUID at IMAGE level) and its holders."""
+    request's level, with its parents' keys, its instance count (SOPClassUID at IMAGE level) and its holders.
+    Records each call's SpanRequest (`calls`) and the retrieval's origin it was given (`origins`)."""
 
     def __init__(self, catalogs: dict[str, list[Dataset]], failed_sources: tuple[str, ...] = ()) -> None:
         self.catalogs, self.failed_sources = catalogs, failed_sources
         self.calls: list[SpanRequest] = []
+        self.origins: list[object] = []
 
-    def __call__(self, request: SpanRequest) -> SpanResult:
+    def __call__(self, request: SpanRequest, origin: object = None) -> SpanResult:
         self.calls.append(request)
+        self.origins.append(origin)
         outcomes = tuple(SourceOutcome(name, SourceStatus.FAILED if name in self.failed_sources else SourceStatus.OK)
                          for name in self.catalogs)
         if self.failed_sources:

@@ -5,6 +5,7 @@ destination; PROXY: the spanner C-GETs and forwards). What arrived at the destin
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Iterator
 
@@ -16,6 +17,7 @@ from services.pacs_sim import PacsSimulator, generate_catalog
 from shared.db.models import MoveJob, MoveJobStatus
 from shared.db.repo.destinations import upsert_destination
 from shared.db.repo.move_jobs import create_move_job, get_move_job
+from shared.db.repo.query_logs import get_query_log
 from shared.db.repo.sources import upsert_source
 from shared.db.repo.spanner_configs import MappingSpec, get_spanner_config, replace_mappings, upsert_spanner_config
 from shared.dicom.levels import QueryLevel
@@ -134,7 +136,8 @@ def arrived(receiver: Receiver) -> list[str]:
 
 @pytest.mark.parametrize("config, strategy, index", [("direct", None, 0), ("proxy", None, 1),
                                                      ("direct", "PROXY", 2), ("proxy", "HYBRID", 3)])
-def test_a_move_delivers_every_instance_of_the_study(client, world, config, strategy, index):
+def test_a_move_delivers_every_instance_of_the_study(client, world, config, strategy, index, caplog):
+    caplog.set_level(logging.INFO, logger="shared.retrieval")
     uid, instances = world.study(index)
     job = start(client, world, config, uid, **({"move_strategy": strategy} if strategy else {}))
     done = finished(client, job["id"])
@@ -144,6 +147,12 @@ def test_a_move_delivers_every_instance_of_the_study(client, world, config, stra
     assert sorted(arrived(world.dest)) == sorted(instances)  # each instance once
     assert done["started_at"] and done["finished_at"] and done["duration_seconds"] >= 0
     assert done["spanner_config_name"] == config and done["failed_uids"] == []
+    located = [r for r in caplog.records if getattr(r, "event", None) == "retrieve_located"]
+    (event,) = [r for r in located if r.query_id == job["id"]]  # the job's events carry its id
+    with world.sessions() as session:  # its locate: the admin's C-MOVE in the query log
+        log = get_query_log(session, query_id=event.locate_query_id)
+        assert (log.query_type.value, log.requester_user, log.client_address) == ("C-MOVE", "root", "testclient")
+        assert (log.spanner_config_id, log.status.value) == (world.ids[config], "completed")
 
 
 def world_strategy(config: str) -> str:

@@ -8,6 +8,7 @@ heartbeat (services.worker.status) runs over an eager Celery app and its counts 
 from __future__ import annotations
 
 import logging
+import os
 import time
 
 import pytest
@@ -104,6 +105,25 @@ def test_status_lists_the_listener_healthy_with_its_port(stack):
     assert row["details"]["port"] == stack.port and "SPAN" in row["details"]["served_ae_titles"]
     assert row["seconds_since_heartbeat"] < 3 * INTERVAL and row["heartbeat_seconds"] == INTERVAL
     assert echo(stack.port)
+
+
+def test_status_lists_the_api_itself_healthy_and_stopped_after_shutdown(stack):
+    """`api:<AXIOM_INSTANCE_ID>` registers at start (the stack's own API, and a second one started here with its
+    storage AE), reports its port, open move jobs and storage AE, and is recorded `stopped` when it shuts down."""
+    row = service(stack, "api:axiom-1")  # the API answering these requests
+    assert (row["kind"], row["actual_state"], row["health"], row["pid"]) == ("api", "running", "healthy", os.getpid())
+    settings = api_settings(None, AXIOM_API_PORT=8123, AXIOM_API_HOST="127.0.0.1", AXIOM_API_STORE_PORT=free_port())
+    settings.instance_id, settings.heartbeat_seconds = "api-two", INTERVAL
+    with TestClient(create_app(settings, session_factory=stack.app.state.session_factory)):
+        row = service(stack, "api:api-two")
+        assert (row["kind"], row["instance_id"], row["health"]) == ("api", "api-two", "healthy")
+        assert row["heartbeat_seconds"] == INTERVAL and row["details"]["port"] == 8123
+        details = wait_for(lambda: (d := service(stack, "api:api-two")["details"])["open_move_jobs"] == 0 and d)
+        assert (details["store_ae_title"], details["store_port"]) == ("AXIOM_API", settings.api.store_port)
+    row = service(stack, "api:api-two")  # its last heartbeat (desired stays running: health `reconciling`, then stale)
+    assert (row["actual_state"], row["desired_state"]) == ("stopped", "running")
+    answer = stack.post(f"{SERVICES}/stop", json={"service_id": "api:api-two"}, headers=stack.admin)
+    assert answer.status_code == 409  # reports only: its process supervisor manages it
 
 
 def test_stop_closes_the_port_start_opens_it_and_restart_brings_the_ae_back(stack):

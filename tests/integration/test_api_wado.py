@@ -20,10 +20,12 @@ from pydicom import dcmread
 from services.api.app import create_app
 from services.pacs_sim import Catalog, PacsSimulator, generate_catalog, overlapping_catalogs
 from shared.config import ScpSettings
+from shared.db.repo.query_logs import get_query_log, list_query_logs
 from shared.db.repo.sources import upsert_source
 from shared.db.repo.spanner_configs import MappingSpec, replace_mappings, upsert_spanner_config
 from shared.dicom.levels import QueryLevel
 from shared.dicom.multipart import boundary_from_content_type, iter_multipart
+from shared.retrieval_services import INTERNAL_REQUESTER
 from shared.security.users import create_user
 from tests.integration.api_fixtures import CHEAP, api_settings, bearer, migrated_sqlite
 from tests.peers import free_port
@@ -279,6 +281,22 @@ def test_metadata_is_one_object_per_instance_from_the_first_holder(client, catal
     sop = one_series[0]["00080018"]["Value"][0]
     one = get(client, f"/studies/{study}/series/{series}/instances/{sop}/metadata", config="b-first").json()
     assert [o["00080018"]["Value"][0] for o in one] == [sop]
+
+
+def test_the_query_log_names_the_caller_of_every_locate(client, catalogs, caplog):
+    """The locates of a WADO-RS retrieve and of a metadata request (its own, and the retrieval of the instances no
+    DICOMweb holder described: A is DIMSE) are WADO queries of the user from the client's address."""
+    caplog.set_level(logging.INFO, logger="shared.retrieval")
+    study = only_a_study(catalogs)
+    assert parts(get(client, f"/studies/{study}"))
+    assert get(client, f"/studies/{study}/metadata").status_code == 200
+    located = [r for r in caplog.records if getattr(r, "event", None) == "retrieve_located"]
+    assert len(located) == 2 and {r.query_level for r in located} == {"STUDY", "IMAGE"}
+    with client.app.state.session_factory() as session:
+        for event in located:  # a locate reused from the cache (30 s) names the row of the first one
+            log = get_query_log(session, query_id=event.locate_query_id)
+            assert (log.query_type.value, log.requester_user, log.client_address) == ("WADO", "alice", "testclient")
+        assert list_query_logs(session, requester_user=INTERNAL_REQUESTER["user"]) == []
 
 
 def test_a_client_that_goes_away_cancels_the_retrieval(app, client, catalogs, caplog):

@@ -204,6 +204,18 @@ def test_the_query_log_carries_the_requester_ae_title_and_address(harness):
     assert set(log.query_filters) >= set(dataset_to_json(find().identifier))  # the keys went as DICOM JSON
 
 
+@pytest.mark.parametrize("query_type", ["C-MOVE", "C-GET", "WADO"])
+def test_a_retrieval_locate_is_spanned_and_logged_as_the_operation_it_serves(harness, query_type):
+    config = harness.add_config(f"locate-{query_type}", {"A": Script(matches=[study("1.2.1")])})
+    plan, client = plan_of(harness, config), DistributedSpanClient(harness.rt)
+    request = SpanRequest(level=QueryLevel.STUDY, identifier=find().identifier, query_type=query_type)
+    with workers(harness):
+        result = client.run(request, plan.sources, plan.policy, config_id=config, requester={"user": "alice"})
+    assert result.status is SpanStatus.COMPLETED and uids(result.matches) == ["1.2.1"], result.error
+    log = harness.query_log(result.query_id)
+    assert (log.query_type.value, log.requester_user) == (query_type, "alice")
+
+
 def test_past_the_hard_cap_the_client_finalises_a_span_nobody_finalised(harness):
     config = harness.add_config("lost", {"QUICK": Script(matches=[study("1.2.1")]),
                                          "HUNG": Script(hang=True, hang_seconds=HANG)}, query_timeout_seconds=1)

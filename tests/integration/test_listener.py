@@ -237,6 +237,13 @@ def instances_of(stack: Stack, catalog: str, study_uid: str) -> set[str]:
             if r.StudyInstanceUID == study_uid}
 
 
+def locate_logs(stack: Stack, study_uid: str, query_type: str) -> list:
+    """The query log rows of the locates of `study_uid` logged as `query_type`."""
+    with stack.sessions() as session:
+        return [log for log in list_query_logs(session, limit=1000) if log.query_type.value == query_type
+                and (log.query_filters or {}).get("0020000D", {}).get("Value") == [study_uid]]
+
+
 def test_c_move_proxy_through_the_listeners_own_storage_ae(stack):
     study_uid = str(stack.catalogs["A"].records(QueryLevel.STUDY)[0].StudyInstanceUID)
     stack.received.clear()
@@ -248,6 +255,8 @@ def test_c_move_proxy_through_the_listeners_own_storage_ae(stack):
     assert final.Status == 0x0000 and final.NumberOfCompletedSuboperations == len(expected)
     assert pending and all(status.Status == 0xFF00 for status, _ in pending)
     assert sorted(str(ds.SOPInstanceUID) for ds in stack.received) == sorted(expected)  # each once
+    (log,) = locate_logs(stack, study_uid, "C-MOVE")  # the locate, logged as the caller's C-MOVE
+    assert (log.requester_ae_title, log.client_address, log.requester_user) == ("FINDSCU", "127.0.0.1", None)
 
 
 def test_c_move_to_an_unknown_destination_is_0xa801(stack):
@@ -273,6 +282,8 @@ def test_c_get_returns_the_instances_on_the_callers_association(stack):
     expected = instances_of(stack, "B", study_uid)
     assert final.Status == 0x0000 and final.NumberOfCompletedSuboperations == len(expected)
     assert sorted(str(ds.SOPInstanceUID) for ds in got) == sorted(expected)
+    (log,) = locate_logs(stack, study_uid, "C-GET")
+    assert (log.requester_ae_title, log.client_address, log.status.value) == ("GETSCU", "127.0.0.1", "completed")
 
 
 def test_configs_that_cannot_be_read_reject_transiently_not_as_an_unknown_ae():

@@ -8,6 +8,8 @@ holder fallback) — run by the app's move-job runner (services.api.move_jobs, a
 - POST: 422 naming `study_uid` (not a single valid UID), `destination_ae` (not an AE title, or no enabled
   destination with it: the SCP's 0xA801), `move_strategy`; 404 for an unknown `spanner_config_id`, 400 naming it
   when the config is disabled or does not offer C-MOVE. 202 with the job (`queued`) and its Location.
+- The job's locate (its spanning C-FIND) is in the query log as a C-MOVE requested by the admin (name and client
+  address); the job's log events carry the job id as query_id and `retrieve_located` the locate's own query id.
 - DELETE: 200 with the final job once it ended (within a few seconds), else 202 (`running`, cancelling); 409 when
   the job has already finished or runs on another instance.
 """
@@ -25,11 +27,12 @@ from services.api.move_jobs import MoveJobsDep, move_jobs_lifespan
 from services.api.move_schemas import MoveJobIn, MoveJobOut, study_move_request
 from services.api.retrievals import get_retrievals
 from services.api.routes.config import field_error
+from services.api.spanning import client_address
 from shared.db.models import MoveJob, MoveJobStatus
 from shared.db.repo.destinations import get_destination
 from shared.db.repo.move_jobs import MAX_LIST, create_move_job, get_move_job, interrupt_move_jobs, list_move_jobs
 from shared.db.repo.spanner_configs import SpanPlan, load_span_plan
-from shared.retrieval.model import Destination
+from shared.retrieval.model import Destination, Origin
 from shared.retrieval.tracked_move import PREVIOUS_PROCESS, SHUTDOWN, MoveOrder
 
 router = APIRouter(prefix="/api/v1/spanner/services", tags=["services"], lifespan=move_jobs_lifespan)
@@ -53,7 +56,9 @@ def start_move(body: MoveJobIn, request: Request, response: Response, session: S
     job = create_move_job(session, config=plan.config, study_uid=body.study_uid, destination_ae=row.ae_title,
                           strategy=strategy, instance_id=runner.instance_id, requested_by=admin.name)
     session.commit()
-    order = MoveOrder(job.id, service, study_move_request(job.study_uid, query_id=job.id), strategy, destination)
+    origin = Origin("C-MOVE", user=admin.name, address=client_address(request))
+    move = study_move_request(job.study_uid, query_id=job.id, origin=origin)
+    order = MoveOrder(job.id, service, move, strategy, destination)
     try:
         runner.submit(order)
     except RuntimeError as exc:

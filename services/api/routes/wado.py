@@ -47,7 +47,7 @@ from shared.dicom.levels import QueryLevel
 from shared.dicom.multipart import multipart_content_type, new_boundary
 from shared.logging import log_event
 from shared.retrieval.metadata import RoutedMetadataPort, consolidated_metadata, instances_locate_request
-from shared.retrieval.model import OUT_OF_RESOURCES_SUB_OPERATIONS, RetrieveOutcome, RetrieveRequest
+from shared.retrieval.model import OUT_OF_RESOURCES_SUB_OPERATIONS, Origin, RetrieveOutcome, RetrieveRequest
 from shared.spanning.model import SpanRequest, SpanResult
 from shared.spanning.ports import CancelToken
 
@@ -120,7 +120,8 @@ def _retrieve(request: Request, user: str, uids: dict[str, str]) -> Response:
     _check_uids(uids)
     plan = _wado_plan(request)
     service = get_retrievals(request).for_plan(plan)
-    retrieve = RetrieveRequest(level=_LEVELS[list(uids)[-1]], identifier=_identifier(uids))
+    retrieve = RetrieveRequest(level=_LEVELS[list(uids)[-1]], identifier=_identifier(uids),
+                               origin=Origin("WADO", **requester(request, user)))
     fields = {"query_id": retrieve.query_id, "study_uid": uids["study"], "user": user,
               "spanner_config": plan.config.name}
     log_event(logger, "wado_retrieve_requested", query_level=retrieve.level.value, **fields)
@@ -194,7 +195,8 @@ def _metadata(request: Request, user: str, uids: dict[str, str]) -> Response:
     def locate(span: SpanRequest) -> SpanResult:
         return client.run(span, plan.sources, plan.policy, config_id=plan.config.id, requester=who)
 
-    wanted = instances_locate_request(uids["study"], uids.get("series"), [uids["sop"]] if "sop" in uids else ())
+    wanted = instances_locate_request(uids["study"], uids.get("series"), [uids["sop"]] if "sop" in uids else (),
+                                      origin=Origin("WADO", **who))
     result = consolidated_metadata(service, port, {s.name: s for s in plan.sources}, wanted, locate, CancelToken())
     fields = {"query_id": wanted.query_id, "study_uid": uids["study"], "user": user}
     if result.failure is not None:
