@@ -23,11 +23,8 @@ from dicomweb_client.api import DICOMwebClient
 from pydicom import dcmread
 
 from services.api.app import create_app
-from shared.db.repo.sources import upsert_source
-from shared.db.repo.spanner_configs import MappingSpec, replace_mappings, upsert_spanner_config
 from shared.dicom.multipart import boundary_from_content_type, iter_multipart
-from shared.security.users import create_user
-from tests.integration.api_fixtures import CHEAP, api_settings, migrated_sqlite, served
+from tests.integration.api_fixtures import api_settings, migrated_sqlite, provision, served
 from tests.peers import free_port, require
 from tests.peers.orthanc import OrthancPeer, orthanc_available
 from tests.peers.studies import ARCHIVE_A, ARCHIVE_B, build_instances, study
@@ -58,19 +55,11 @@ class Stack:
 def _database(tmp, a: OrthancPeer, b: OrthancPeer):
     url, engine, factory = migrated_sqlite(tmp)
     b_dimse = {"ae_title": b.aet, "host": "127.0.0.1", "port": b.dicom_port}
-    ids = {}
-    with factory.begin() as session:
-        create_user(session, username="alice", password=PASSWORD, hasher=CHEAP)
-        upsert_source(session, name="orthanc-a", kind="dicomweb", connection={"base_url": a.dicomweb_url})
-        upsert_source(session, name="orthanc-b", kind="dimse", connection=b_dimse)
-        upsert_source(session, name="orthanc-b-move", kind="dimse", connection={**b_dimse, "supports_cget": False})
-        for name, second in (("web-get", "orthanc-b"), ("web-move", "orthanc-b-move")):
-            config = upsert_spanner_config(session, name=name, query_timeout_seconds=10).row
-            replace_mappings(session, config=config, mappings=[MappingSpec(source="orthanc-a", priority=1),
-                                                               MappingSpec(source=second, priority=2)])
-            session.flush()
-            ids[name] = config.id
-    return url, engine, ids
+    sources = {"orthanc-a": ("dicomweb", {"base_url": a.dicomweb_url}), "orthanc-b": ("dimse", b_dimse),
+               "orthanc-b-move": ("dimse", {**b_dimse, "supports_cget": False})}
+    configs = {name: ([("orthanc-a", 1), (second, 2)], {})
+               for name, second in (("web-get", "orthanc-b"), ("web-move", "orthanc-b-move"))}
+    return url, engine, provision(factory, sources=sources, configs=configs, users={"alice": PASSWORD})
 
 
 @pytest.fixture(scope="module")

@@ -16,6 +16,8 @@ from argon2 import PasswordHasher
 from shared.config import ApiSettings, DatabaseSettings, Settings
 from shared.db.migrations import upgrade_to_head
 from shared.db.models import Role
+from shared.db.repo.sources import upsert_source
+from shared.db.repo.spanner_configs import MappingSpec, replace_mappings, upsert_spanner_config
 from shared.db.session import make_engine, make_sessionmaker
 from shared.security.users import create_user
 
@@ -47,6 +49,27 @@ def database_with_users(directory: Path):
         create_user(session, username="root", password=PASSWORDS["root"], role=Role.ADMIN, hasher=CHEAP)
         create_user(session, username="alice", password=PASSWORDS["alice"], hasher=CHEAP)
     return url, engine, factory
+
+
+def provision(factory, *, sources: dict[str, tuple[str, dict]],
+              configs: dict[str, tuple[list, dict]], users: dict[str, str] | None = None) -> dict[str, int]:
+    """Users (name -> password, role user, CHEAP hashes), sources (name -> (kind, connection)) and spanner configs
+    (name -> (mapped sources, config fields); a mapped source is a name, or (name, priority)) in one transaction;
+    the config ids by name. Configs time out after 10 s unless their fields say otherwise."""
+    ids = {}
+    with factory.begin() as session:
+        for username, password in (users or {}).items():
+            create_user(session, username=username, password=password, hasher=CHEAP)
+        for name, (kind, connection) in sources.items():
+            upsert_source(session, name=name, kind=kind, connection=connection)
+        for name, (mapped, fields) in configs.items():
+            config = upsert_spanner_config(session, name=name, **{"query_timeout_seconds": 10, **fields}).row
+            specs = [MappingSpec(source=m) if isinstance(m, str) else MappingSpec(source=m[0], priority=m[1])
+                     for m in mapped]
+            replace_mappings(session, config=config, mappings=specs)
+            session.flush()
+            ids[name] = config.id
+    return ids
 
 
 def bearer(client, username: str, password: str) -> dict[str, str]:

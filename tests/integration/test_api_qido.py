@@ -14,11 +14,8 @@ from services.api.app import create_app
 from services.api.routes import qido
 from services.pacs_sim import PacsSimulator, overlapping_catalogs
 from shared.db.models import SpannerQueryLog
-from shared.db.repo.sources import upsert_source
-from shared.db.repo.spanner_configs import MappingSpec, replace_mappings, upsert_spanner_config
 from shared.dicom.levels import QueryLevel
-from shared.security.users import create_user
-from tests.integration.api_fixtures import CHEAP, api_settings, bearer, migrated_sqlite, served
+from tests.integration.api_fixtures import api_settings, bearer, migrated_sqlite, provision, served
 from tests.peers import free_port
 
 PASSWORD = "alice-password-1"
@@ -51,16 +48,7 @@ def world(tmp_path_factory, catalogs):
             "B": ("dicomweb", {"base_url": b.http_url}),
             "dead": ("dimse", {"ae_title": "DEAD", "host": "127.0.0.1", "port": free_port(), "connect_timeout": 1}),
         }
-        ids = {}
-        with factory.begin() as session:
-            create_user(session, username="alice", password=PASSWORD, hasher=CHEAP)
-            for name, (kind, connection) in connections.items():
-                upsert_source(session, name=name, kind=kind, connection=connection)
-            for name, (sources, fields) in CONFIGS.items():
-                config = upsert_spanner_config(session, name=name, query_timeout_seconds=10, **fields).row
-                replace_mappings(session, config=config, mappings=[MappingSpec(source=s) for s in sources])
-                session.flush()
-                ids[name] = config.id
+        ids = provision(factory, sources=connections, configs=CONFIGS, users={"alice": PASSWORD})
         yield url, factory, ids
     engine.dispose()
 

@@ -29,13 +29,11 @@ from schemathesis import GenerationMode
 from services.api.app import create_app
 from services.pacs_sim import PacsSimulator, overlapping_catalogs
 from shared.db.models import Role
-from shared.db.repo.sources import upsert_source
-from shared.db.repo.spanner_configs import MappingSpec, replace_mappings, upsert_spanner_config
 from shared.db.session import make_engine, make_sessionmaker
 from shared.security import api_keys
 from shared.security.users import create_user
 from tests.fakes.google_issuer import CLIENT_ID, FakeGoogleIssuer
-from tests.integration.api_fixtures import CHEAP, PASSWORDS, api_settings, database_with_users
+from tests.integration.api_fixtures import CHEAP, PASSWORDS, api_settings, database_with_users, provision
 from tests.peers import require
 from tests.peers.services import PostgresDatabase, postgres_problem
 
@@ -78,12 +76,9 @@ def world(database):
                                     instances_per_series=(1, 2))
     with PacsSimulator("A", "PACS_A", catalogs["A"]) as a, \
             PacsSimulator("B", "PACS_B", catalogs["B"], http_port=0) as b, FakeGoogleIssuer() as issuer:
-        with factory.begin() as session:
-            upsert_source(session, name="A", kind="dimse",
-                          connection={"ae_title": "PACS_A", "host": "127.0.0.1", "port": a.dimse_port})
-            upsert_source(session, name="B", kind="dicomweb", connection={"base_url": b.http_url})
-            config = upsert_spanner_config(session, name="sims", query_timeout_seconds=10).row
-            replace_mappings(session, config=config, mappings=[MappingSpec(source="A"), MappingSpec(source="B")])
+        sources = {"A": ("dimse", {"ae_title": "PACS_A", "host": "127.0.0.1", "port": a.dimse_port}),
+                   "B": ("dicomweb", {"base_url": b.http_url})}
+        provision(factory, sources=sources, configs={"sims": (["A", "B"], {})})
         app = create_app(api_settings(url, AXIOM_GOOGLE_CLIENT_ID=CLIENT_ID, AXIOM_GOOGLE_CERTS_URL=issuer.certs_url),
                          session_factory=factory)
         try:

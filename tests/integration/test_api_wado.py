@@ -7,13 +7,11 @@ the client-disconnect test, served by uvicorn."""
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from io import BytesIO
 
 import httpx
 import pytest
-import uvicorn
 from fastapi.testclient import TestClient
 from pydicom import dcmread
 
@@ -21,13 +19,10 @@ from services.api.app import create_app
 from services.pacs_sim import Catalog, PacsSimulator, generate_catalog, overlapping_catalogs
 from shared.config import ScpSettings
 from shared.db.repo.query_logs import get_query_log, list_query_logs
-from shared.db.repo.sources import upsert_source
-from shared.db.repo.spanner_configs import MappingSpec, replace_mappings, upsert_spanner_config
 from shared.dicom.levels import QueryLevel
 from shared.dicom.multipart import boundary_from_content_type, iter_multipart
 from shared.retrieval_services import INTERNAL_REQUESTER
-from shared.security.users import create_user
-from tests.integration.api_fixtures import CHEAP, api_settings, bearer, migrated_sqlite
+from tests.integration.api_fixtures import api_settings, bearer, migrated_sqlite, provision, served
 from tests.peers import free_port
 from tests.peers.studies import build_instance, study
 
@@ -86,17 +81,7 @@ def world(tmp_path_factory, catalogs):
             "X": dimse(x), "Y": dimse(y), "BIG": dimse(big),
             "dead": ("dimse", {"ae_title": "DEAD", "host": "127.0.0.1", "port": free_port(), "connect_timeout": 1}),
         }
-        ids = {}
-        with factory.begin() as session:
-            create_user(session, username="alice", password=PASSWORD, hasher=CHEAP)
-            for name, (kind, connection) in connections.items():
-                upsert_source(session, name=name, kind=kind, connection=connection)
-            for name, (sources, fields) in CONFIGS.items():
-                config = upsert_spanner_config(session, name=name, query_timeout_seconds=10, **fields).row
-                replace_mappings(session, config=config,
-                                 mappings=[MappingSpec(source=s, priority=p) for s, p in sources])
-                session.flush()
-                ids[name] = config.id
+        ids = provision(factory, sources=connections, configs=CONFIGS, users={"alice": PASSWORD})
         yield url, ids, store_port, {"X": x}
     engine.dispose()
 
@@ -302,29 +287,17 @@ def test_the_query_log_names_the_caller_of_every_locate(client, catalogs, caplog
 def test_a_client_that_goes_away_cancels_the_retrieval(app, client, catalogs, caplog):
     """The client reads one part and disconnects: the retrieval is cancelled (the source gets C-CANCEL) while the
     source still has most of the study; memory and spool stay bounded meanwhile (the source waits on the spool)."""
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
     study_uid = catalogs["BIG"].study_uids()[0]
-    try:
-        deadline = time.monotonic() + 10
-        while not server.started:
-            assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
-            time.sleep(0.02)
-        with caplog.at_level(logging.INFO):
-            url = f"http://127.0.0.1:{port}{ROOT}/studies/{study_uid}"
-            with httpx.stream("GET", url, params={"spanner_config_id": client.ids["big"]},
-                              headers={"Authorization": client.headers["Authorization"]}, timeout=30) as answer:
-                assert answer.status_code == 200
-                next(answer.iter_bytes(BIG_PIXELS**2 + 4096))
-            ended = wait_for_event(caplog, "retrieve_completed", study_uid=study_uid)
-            streamed = wait_for_event(caplog, "wado_retrieve_cancelled", study_uid=study_uid)
-        assert ended.status == "0xFE00" and ended.completed < BIG_INSTANCES  # cancelled mid-way
-        assert streamed.query_id == ended.query_id and streamed.parts < BIG_INSTANCES
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+    with served(app, free_port(), lifespan="off") as base, caplog.at_level(logging.INFO):
+        url = f"{base}{ROOT}/studies/{study_uid}"
+        with httpx.stream("GET", url, params={"spanner_config_id": client.ids["big"]},
+                          headers={"Authorization": client.headers["Authorization"]}, timeout=30) as answer:
+            assert answer.status_code == 200
+            next(answer.iter_bytes(BIG_PIXELS**2 + 4096))
+        ended = wait_for_event(caplog, "retrieve_completed", study_uid=study_uid)
+        streamed = wait_for_event(caplog, "wado_retrieve_cancelled", study_uid=study_uid)
+    assert ended.status == "0xFE00" and ended.completed < BIG_INSTANCES  # cancelled mid-way
+    assert streamed.query_id == ended.query_id and streamed.parts < BIG_INSTANCES
 
 
 def wait_for_event(caplog, event: str, timeout: float = 15.0, **fields) -> logging.LogRecord:
