@@ -9,7 +9,8 @@ studies (WADO-RS has no patient resource): QueryFailedError.
 Accept: multipart/related; type="application/dicom"; transfer-syntax=* (PS3.18 8.7.3.5.2, 8.7.3.3.2): the
 instances in the syntax the source stores them in, no transcoding. The body is read incrementally
 (shared.dicom.multipart over `iter_bytes()`): one part in memory at a time, each read with pydicom.dcmread (file
-meta kept) and passed to the sink, whose answer counts the instance as completed (0x0000), warning (PS3.4 B.2.3
+meta kept) carrying the part's own bytes (shared.retrieval.spool.read_instance: passed on unchanged, never
+re-encoded) and passed to the sink, whose answer counts the instance as completed (0x0000), warning (PS3.4 B.2.3
 warnings) or failed; a RetrieveProgress (remaining unknown) follows each instance.
 
 The outcome's status is shared.retrieval.tally's (PS3.4 C.4.3.1.4): 0x0000 when every instance was kept; 0xB000
@@ -40,13 +41,12 @@ import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
-from io import BytesIO
 from types import TracebackType
 from typing import Any, Iterator
 from urllib.parse import quote
 
 import httpx
-from pydicom import Dataset, dcmread
+from pydicom import Dataset
 
 from shared.adapters.dicomweb_http import (
     DicomwebConnections, HttpClients, TokenProvider, auth_headers, dicomweb_connection, response_socket, safe_url,
@@ -56,8 +56,9 @@ from shared.dicom.levels import QueryLevel
 from shared.dicom.multipart import MultipartError, boundary_from_content_type, iter_multipart
 from shared.logging import log_event
 from shared.retrieval.locate import key_text
-from shared.retrieval.model import RetrieveOutcome, RetrieveRequest
+from shared.retrieval.model import RetrieveRequest
 from shared.retrieval.ports import InstanceSink, RetrieveStream
+from shared.retrieval.spool import read_instance
 from shared.retrieval.tally import Tally
 from shared.spanning.model import SourceSpec
 from shared.spanning.ports import CancelToken, QueryFailedError, TransportError
@@ -67,6 +68,7 @@ logger = logging.getLogger(__name__)
 ACCEPT_DICOM = 'multipart/related; type="application/dicom"; transfer-syntax=*'
 ACCEPT_JSON = "application/dicom+json"
 NOT_FOUND = 404
+READ_BYTES = 256 * 1024  # the most one read of a response body takes (see _widen_reads)
 _ERROR_BODY_BYTES = 300
 _CANNOT_UNDERSTAND = 0xC000  # C-STORE "Error: Cannot understand" (PS3.4 B.2.3): the part did not decode
 
@@ -127,6 +129,7 @@ class _SocketGuard:
         if event == "connection.connect_tcp.complete":
             stream = info.get("return_value")
             self.attach(stream.get_extra_info("socket") if stream is not None else None)
+            _widen_reads(stream)
 
     def attach(self, sock: object) -> None:
         with self._lock:
@@ -141,6 +144,21 @@ class _SocketGuard:
             self._fired = True
             sock = self._socket
         shutdown_socket(sock)
+
+
+def _widen_reads(stream: object) -> None:
+    """Let the connection's reads take up to READ_BYTES: httpcore asks for 64 KiB at a time
+    (HTTP11Connection.READ_NUM_BYTES), and a WADO-RS study is hundreds of megabytes, whose every read goes through
+    httpcore, h11 and httpx. A read still returns whatever has arrived (one recv), so nothing waits for more
+    data. Only this port's own connections (one per request, no keep-alive) are widened."""
+    read = getattr(stream, "read", None)
+    if read is None:
+        return
+
+    def wide_read(max_bytes: int, timeout: float | None = None) -> bytes:
+        return read(max(max_bytes, READ_BYTES), timeout)
+
+    stream.read = wide_read  # type: ignore[attr-defined]
 
 
 class WadoRetrievePort:
@@ -308,7 +326,7 @@ def _error_body(response: httpx.Response) -> bytes:
 def _deliver(source: SourceSpec, content: bytes, sink: InstanceSink, tally: Tally) -> None:
     """Read one part as a PS3.10 file and hand it to the sink; count the sink's answer (PS3.4 B.2.3)."""
     try:
-        dataset: Dataset = dcmread(BytesIO(content))
+        dataset: Dataset = read_instance(content)  # carries `content`: the spool keeps the source's own bytes
     except Exception as exc:
         log_event(logger, "wado_instance_unreadable", logging.WARNING, source=source.name, size=len(content),
                   error=f"{type(exc).__name__}: {exc}")

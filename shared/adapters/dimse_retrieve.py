@@ -9,7 +9,8 @@ response and aborted on any other exit (error, cancel, abandoned generator).
 - C-GET (PS3.4 C.4.3.1): the source sends each instance back over this association as a C-STORE sub-operation, so
   the A-ASSOCIATE-RQ proposes the GET SOP class plus every storage SOP class with SCP/SCU role selection
   (PS3.7 D.3.3.4), each with uncompressed and the common compressed transfer syntaxes (PS3.5 A.4) so a compressed
-  archive need not transcode. Each C-STORE goes to the caller's sink, whose status is the C-STORE response.
+  archive need not transcode. Each C-STORE goes to the caller's sink, whose status is the C-STORE response; the
+  Dataset carries the peer's own encoding (PS3.10 file, shared.retrieval.spool.with_encoding): spooled as sent.
 
 Status handling (PS3.4 C.4.2.1.5, C.4.3.1.4): Pending 0xFF00 -> a RetrieveProgress; anything else is final and
 becomes the RetrieveOutcome (counts, Failed SOP Instance UID List (0008,0058) from the final identifier, Error
@@ -49,6 +50,7 @@ from shared.adapters.dimse_association import (
 from shared.connections import DimseConnection
 from shared.retrieval.model import CANCEL, PENDING, RetrieveOutcome, RetrieveProgress, RetrieveRequest
 from shared.retrieval.ports import InstanceSink, RetrieveStream
+from shared.retrieval.spool import with_encoding
 from shared.spanning.model import SourceSpec
 from shared.spanning.ports import CancelToken, QueryFailedError, TransportError
 
@@ -334,6 +336,7 @@ def _store_handler(sink: InstanceSink) -> Callable[[evt.Event], int]:
         try:
             dataset = event.dataset
             dataset.file_meta = event.file_meta
+            with_encoding(dataset, event.encoded_dataset())  # the peer's own bytes, passed on unchanged
         except Exception as exc:
             logger.warning("C-GET sub-operation: data set did not decode: %s", exc)
             return _CANNOT_UNDERSTAND

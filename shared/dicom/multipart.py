@@ -103,14 +103,21 @@ class _Reader:
         self._buffer = bytearray(_CRLF)
         self._ended = False
 
-    def _fill(self) -> bool:
-        """Append the next non-empty chunk; False at the end of the body."""
+    def _next_chunk(self) -> bytes | None:
+        """The next non-empty chunk; None at the end of the body."""
         for chunk in self._chunks:
             if chunk:
-                self._buffer += chunk
-                return True
+                return chunk if isinstance(chunk, bytes) else bytes(chunk)
         self._ended = True
-        return False
+        return None
+
+    def _fill(self) -> bool:
+        """Append the next non-empty chunk; False at the end of the body."""
+        chunk = self._next_chunk()
+        if chunk is None:
+            return False
+        self._buffer += chunk
+        return True
 
     def _find(self, needle: bytes, limit: int | None = None) -> int:
         """The index of `needle` in the buffer, reading more as needed; -1 at the end of the body; MultipartError
@@ -128,7 +135,8 @@ class _Reader:
                 return -1
 
     def _take(self, count: int) -> bytes:
-        data = bytes(self._buffer[:count])
+        with memoryview(self._buffer) as view:
+            data = bytes(view[:count])
         del self._buffer[:count]
         return data
 
@@ -175,13 +183,40 @@ class _Reader:
 
     def read_until_delimiter(self) -> bytes | None:
         """The part's content up to (not including) the next delimiter, which is consumed; None when the body ends
-        first."""
-        index = self._find(self._delimiter)
-        if index < 0:
-            return None
-        content = self._take(index)
-        del self._buffer[: len(self._delimiter)]
-        return content
+        first. Linear and with one copy of the content: each new chunk is searched once (plus the seam with the
+        previous one's last len(delimiter) - 1 bytes) and kept by reference until the content is joined."""
+        delimiter, keep = self._delimiter, len(self._delimiter) - 1
+        index = self._buffer.find(delimiter)
+        if index >= 0:
+            content = self._take(index)
+            del self._buffer[: len(delimiter)]
+            return content
+        pieces: list[bytes | memoryview] = []
+        tail = bytes(self._buffer)  # no delimiter in it: all but its last `keep` bytes are content
+        self._buffer.clear()
+        while True:
+            if len(tail) > keep:
+                pieces.append(memoryview(tail)[:-keep])
+                tail = tail[-keep:]
+            chunk = self._next_chunk()
+            if chunk is None:
+                return None
+            seam = tail + chunk[:keep]  # a delimiter starting in the tail ends within chunk[:keep]
+            index = seam.find(delimiter)
+            if index >= 0:
+                pieces.append(tail[:index])
+                self._buffer += memoryview(chunk)[index + len(delimiter) - len(tail):]
+                return b"".join(pieces)
+            index = chunk.find(delimiter)
+            if index >= 0:
+                pieces += (tail, memoryview(chunk)[:index])
+                self._buffer += memoryview(chunk)[index + len(delimiter):]
+                return b"".join(pieces)
+            if len(chunk) <= keep:
+                tail += chunk
+                continue
+            pieces += (tail, memoryview(chunk)[:-keep])
+            tail = chunk[-keep:]
 
     def drain(self) -> None:
         """Read and drop the epilogue (so the connection ends cleanly)."""
@@ -210,10 +245,17 @@ def multipart_part(payload: bytes, content_type: str, boundary: str | bytes,
                    headers: Mapping[str, str] | None = None) -> bytes:
     """One body part, delimiter first: "--boundary" CRLF, headers, CRLF, payload, CRLF (RFC 2046 5.1.1). Write
     the parts one after another, then `closing_delimiter`."""
+    return b"".join(multipart_part_pieces(payload, content_type, boundary, headers))
+
+
+def multipart_part_pieces(payload: bytes, content_type: str, boundary: str | bytes,
+                          headers: Mapping[str, str] | None = None) -> tuple[bytes, bytes, bytes]:
+    """`multipart_part` as (delimiter and headers, payload, CRLF), for a writer that sends the payload without
+    copying it into a new bytes object."""
     mark = boundary.encode("ascii") if isinstance(boundary, str) else boundary
     lines = [f"Content-Type: {content_type}"] + [f"{name}: {value}" for name, value in (headers or {}).items()]
     head = b"--" + mark + _CRLF + "\r\n".join(lines).encode("latin-1") + _CRLF + _CRLF
-    return head + payload + _CRLF
+    return head, payload, _CRLF
 
 
 def closing_delimiter(boundary: str | bytes) -> bytes:
