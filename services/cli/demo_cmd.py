@@ -20,6 +20,8 @@ from rich.rule import Rule
 from rich.table import Table
 
 from services.cli.demo_scp import workstation_view
+from services.cli.demo_serve import check_ports_free, serve as serve_embedded
+from services.cli.errors import user_errors
 from services.cli.render import print_span
 from services.pacs_sim import Faults, PacsSimulator, overlapping_catalogs
 from shared.config import get_settings
@@ -142,9 +144,19 @@ def _show_log(factory) -> None:
     console.print(table)
 
 
-def demo(seed: int = typer.Option(7, help="seed of the synthetic archives")) -> None:
+def demo(
+    seed: int = typer.Option(7, help="seed of the synthetic archives"),
+    serve: bool = typer.Option(False, "--serve", help="afterwards keep the spanning SCP and the API up (with the "
+                               "archives) until Ctrl-C, to try findscu, curl and dicomweb-client"),
+    host: str = typer.Option("127.0.0.1", "--host", help="with --serve: the address the SCP and the API listen on"),
+    api_port: int = typer.Option(8001, "--api-port", min=0, max=65535, help="with --serve: the API's port"),
+    scp_port: int = typer.Option(11114, "--scp-port", min=0, max=65535, help="with --serve: the SCP's port"),
+) -> None:
     """Start three simulated PACS, configure a spanner on the embedded database and run example spans."""
     checks: list[tuple[str, bool]] = []
+    if serve:
+        with user_errors():
+            check_ports_free(host, api_port, scp_port)
     with ExitStack() as stack:
         console.print(Rule("Axiom demo: three archives, one query"))
         archives = _start_archives(stack, seed)
@@ -203,14 +215,22 @@ def demo(seed: int = typer.Option(7, help="seed of the synthetic archives")) -> 
 
         console.print(Rule("Every span is in the query log"))
         _show_log(factory)
+        if serve:
+            _verdict(checks, serving=True)
+            console.print(Rule("The embedded stack stays up (--serve)"))
+            serve_embedded(console, factory, client, patient, host=host, api_port=api_port, scp_port=scp_port)
+            return
     _verdict(checks)
 
 
-def _verdict(checks: list[tuple[str, bool]]) -> None:
+def _verdict(checks: list[tuple[str, bool]], *, serving: bool = False) -> None:
     for text, ok in checks:
         console.print(f"  {'[green]✓' if ok else '[red]✗'}[/] {text}")
     if not all(ok for _, ok in checks):
         raise typer.Exit(1)
+    if serving:
+        console.print("[green]Demo complete.[/green]")
+        return
     console.print("[green]Demo complete.[/green] The demo's archives have stopped; to keep one running and query it "
                   "yourself, see `axiom pacs-sim --help` and `axiom find --help` (examples in the README).")
 

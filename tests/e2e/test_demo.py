@@ -1,11 +1,22 @@
-"""`axiom demo` is the README's main job on the embedded default: it must run to the end and pass its own checks."""
+"""`axiom demo` is the README's main job on the embedded default: it must run to the end and pass its own checks;
+`axiom demo --serve` then keeps the embedded SCP and API up for real clients."""
 
 from __future__ import annotations
 
 import os
+import re
+import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
+
+import httpx
+from pydicom import Dataset
+from pynetdicom import AE
+
+from shared.dicom.levels import STUDY_ROOT_FIND
+from tests.peers import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -19,3 +30,69 @@ def test_demo_runs_every_scenario_and_passes_its_checks(tmp_path):
     assert "Demo complete" in proc.stdout and "✗" not in proc.stdout
     assert proc.stdout.count("✓") == 8
     assert (tmp_path / "axiom.db").exists()
+
+
+def test_demo_serve_keeps_the_scp_and_the_api_up_until_sigint(tmp_path):
+    """`axiom demo --serve` on free ports: a pynetdicom C-FIND on the SCP and a QIDO-RS search on the API (with the
+    printed demo-admin password) find the patient's studies; SIGINT stops it with exit code 0."""
+    api_port, scp_port = free_port(), free_port()
+    env = {**os.environ, "AXIOM_DATA_DIR": str(tmp_path), "COLUMNS": "400"}
+    env.pop("DATABASE_URL", None)
+    proc = subprocess.Popen([sys.executable, "-m", "services.cli.main", "demo", "--serve", "--api-port",
+                             str(api_port), "--scp-port", str(scp_port)], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=env, cwd=REPO)
+    lines: list[str] = []
+    try:
+        while not lines or lines[-1].strip() != "Ctrl-C to stop.":
+            line = proc.stdout.readline()
+            assert line, "demo ended before serving:\n" + "".join(lines[-60:])
+            lines.append(line)
+        text = "".join(lines)
+        password = re.search(r"password \(shown once\): (\S+)", text).group(1)
+        patient = re.search(r"-k PatientID=(\S+)", text).group(1)
+        assert f"spanning SCP AXIOM_DEMO@127.0.0.1:{scp_port}" in text and "coordinator not started" in text
+        dimse_uids = c_find_studies(scp_port, patient)
+        qido_uids = qido_studies(api_port, password, patient)
+        assert dimse_uids and dimse_uids == qido_uids
+        proc.send_signal(signal.SIGINT)
+        rest, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, rest[-3000:]
+    assert "stopping: API, SCP, archives" in rest
+    for port in (api_port, scp_port):  # nothing listens any more (SO_REUSEADDR: TIME_WAIT does not count)
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(("127.0.0.1", port))
+            sock.listen()
+
+
+def c_find_studies(port: int, patient: str) -> set[str]:
+    ae = AE(ae_title="WORKSTATION")
+    ae.add_requested_context(STUDY_ROOT_FIND)
+    assoc = ae.associate("127.0.0.1", port, ae_title="AXIOM_DEMO")
+    try:
+        assert assoc.is_established
+        query = Dataset()
+        query.QueryRetrieveLevel, query.PatientID, query.StudyInstanceUID = "STUDY", patient, ""
+        *pending, (final, _) = list(assoc.send_c_find(query, STUDY_ROOT_FIND))
+        assert int(final.Status) == 0
+        return {str(identifier.StudyInstanceUID) for _, identifier in pending}
+    finally:
+        assoc.release()
+        ae.shutdown()
+
+
+def qido_studies(port: int, password: str, patient: str) -> set[str]:
+    base = f"http://127.0.0.1:{port}"
+    token = httpx.post(f"{base}/api/v1/auth/token", data={"username": "demo-admin", "password": password},
+                       timeout=10)
+    assert token.status_code == 200, token.text
+    headers = {"Authorization": f"Bearer {token.json()['access_token']}"}
+    assert httpx.get(f"{base}/api/v1/spanner/qido/studies", timeout=10).status_code == 401
+    found = httpx.get(f"{base}/api/v1/spanner/qido/studies", params={"PatientID": patient}, headers=headers,
+                      timeout=30)
+    assert found.status_code == 200, found.text
+    return {match["0020000D"]["Value"][0] for match in found.json()}
