@@ -4,7 +4,9 @@
 One search is one span over a spanner config's sources, run by the app's span client (`app.state.span_client`; this
 router's lifespan creates an in-process shared.span_client.InProcessSpanClient on the app's session factory when the
 app has none, and closes the one it created at shutdown). The span is written to the query log with the caller's
-name and address as requester.
+name and address as requester: the row before any source is asked, its completion (outcomes, counts) once the answer
+has been sent (a background task of the response: the answer does not wait for that commit; see
+shared.span_client).
 
 - Parameters (shared.dicom.qido_params): attribute keywords or tags as matching keys, `includefield` (repeatable or
   comma-separated, `all` = a fixed list per level), `limit`/`offset` (applied to the merged answer, after
@@ -28,11 +30,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from fastapi import APIRouter, HTTPException, Request, Response, status
+from fastapi import APIRouter, BackgroundTasks, HTTPException, Request, Response, status
 from fastapi.responses import JSONResponse
 from pydicom import Dataset
-from pydicom.dataelem import DataElement
-from pydicom.tag import Tag
 
 from services.api.deps import PrincipalDep
 from services.api.spanning import CONFIG_PARAMETER, QIDO, requester, span_client_lifespan, span_plan, warning_header
@@ -40,14 +40,15 @@ from shared.dicom.dicom_json import dataset_to_json
 from shared.dicom.levels import QueryLevel
 from shared.dicom.qido_params import QidoParameterError, QidoSearch, parse_qido_search
 from shared.logging import log_event
+from shared.span_client import InProcessSpanClient
 from shared.spanning.model import Match, SourceStatus, SpanRequest, SpanResult
 
 logger = logging.getLogger(__name__)
 DICOM_JSON = "application/dicom+json"
 WADO_ROOT = "/api/v1/spanner/wado"
 FUZZY_WARNING = "The fuzzymatching parameter is not supported. Only literal matching has been performed."
-_DROPPED = (Tag(0x00080052), Tag(0x00080005))  # QueryRetrieveLevel, SpecificCharacterSet (DICOM JSON is UTF-8)
-_RETRIEVE_AE_TITLE, _RETRIEVE_URL = Tag(0x00080054), Tag(0x00081190)
+_DROPPED = ("00080052", "00080005")  # QueryRetrieveLevel, SpecificCharacterSet (DICOM JSON is UTF-8)
+_RETRIEVE_AE_TITLE, _RETRIEVE_URL = "00080054", "00081190"  # DICOM JSON attribute names (PS3.18 F.2.1.1)
 _ANSWERS = {200: {"description": "matches as DICOM JSON (PS3.18 F.2)", "content": {DICOM_JSON: {}}},
             204: {"description": "no match"}, 400: {"description": "a bad query parameter, named"},
             404: {"description": "unknown spanner config"}, 502: {"description": "the span failed"}}
@@ -107,11 +108,23 @@ def _search(request: Request, user: str, level: QueryLevel, path_uids: dict[str,
     if client is None:
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "the span client is not running (app not started)")
     span = SpanRequest(level=level, identifier=search.identifier, query_type="QIDO")
-    result = client.run(span, plan.sources, plan.policy, config_id=plan.config.id,
-                        requester=requester(request, user), cache_ttl_seconds=plan.config.cache_ttl_seconds)
-    if not result.status.succeeded:
-        return _failed(result)
-    return _answer(request, search, result)
+    after_answer = BackgroundTasks()
+    deferral = {"defer": after_answer.add_task} if isinstance(client, InProcessSpanClient) else {}
+    try:
+        result = client.run(span, plan.sources, plan.policy, config_id=plan.config.id,
+                            requester=requester(request, user), cache_ttl_seconds=plan.config.cache_ttl_seconds,
+                            **deferral)
+        response = _answer(request, search, result) if result.status.succeeded else _failed(result)
+    except BaseException:
+        _run_now(after_answer)  # no answer will be sent: complete the query log now
+        raise
+    response.background = after_answer  # the query log's completion, written once the answer is sent
+    return response
+
+
+def _run_now(tasks: BackgroundTasks) -> None:
+    for task in tasks.tasks:
+        task.func(*task.args, **task.kwargs)
 
 
 def _answer(request: Request, search: QidoSearch, result: SpanResult) -> Response:
@@ -133,14 +146,13 @@ def _answer(request: Request, search: QidoSearch, result: SpanResult) -> Respons
 
 def _match_json(match: Match, level: QueryLevel, wado_base: str, keep_retrieve_ae: bool) -> dict[str, Any]:
     """The merged match as DICOM JSON, with this API's RetrieveURL; the merged dataset itself is not changed."""
-    dataset = Dataset()
-    dataset._dict.update(match.dataset._dict)  # shallow copy: the match's elements are shared, never modified
+    body = dataset_to_json(match.dataset)
     for tag in _DROPPED + (() if keep_retrieve_ae else (_RETRIEVE_AE_TITLE,)):
-        dataset._dict.pop(tag, None)
-    url = _retrieve_url(dataset, level, wado_base)
+        body.pop(tag, None)
+    url = _retrieve_url(match.dataset, level, wado_base)
     if url:
-        dataset[_RETRIEVE_URL] = DataElement(_RETRIEVE_URL, "UR", url)
-    return dataset_to_json(dataset)
+        body[_RETRIEVE_URL] = {"vr": "UR", "Value": [url]}
+    return body
 
 
 def _retrieve_url(dataset: Dataset, level: QueryLevel, base: str) -> str | None:

@@ -123,23 +123,21 @@ def purge_expired_results(session: Session, *, now: datetime | None = None) -> i
     return deleted.rowcount or 0
 
 
-def finish_query_log(session: Session, *, query_id: str, result: SpanResult) -> SpannerQueryLog:
+def finish_query_log(session: Session, *, query_id: str, result: SpanResult) -> None:
     """Complete the log of span `query_id` with its result: status, per-source outcomes, counts, duration, error.
 
-    LookupError if the span was never started with start_query_log.
+    One UPDATE statement (no read first: this runs once per span, on the query path); a row this session already
+    holds is updated too. LookupError if the span was never started with start_query_log.
     """
-    log = get_query_log(session, query_id=query_id)
-    if log is None:
+    changed = session.execute(
+        update(SpannerQueryLog)
+        .where(SpannerQueryLog.query_id == query_id)
+        .values(status=QueryLogStatus(result.status.value),
+                source_outcomes=[outcome.as_dict() for outcome in result.outcomes],
+                raw_result_count=result.raw_count, deduplicated_result_count=len(result.matches),
+                duration_ms=round(result.duration_ms, 1), error_message=result.error, completed_at=utc_now()))
+    if changed.rowcount != 1:
         raise LookupError(f"no query log for query {query_id!r}")
-    log.status = QueryLogStatus(result.status.value)
-    log.source_outcomes = [outcome.as_dict() for outcome in result.outcomes]
-    log.raw_result_count = result.raw_count
-    log.deduplicated_result_count = len(result.matches)
-    log.duration_ms = round(result.duration_ms, 1)
-    log.error_message = result.error
-    log.completed_at = utc_now()
-    session.flush()
-    return log
 
 
 def list_query_logs(
