@@ -9,7 +9,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -115,6 +115,32 @@ class ApiSettings(BaseSettings):
         return [origin.strip().rstrip("/") for origin in self.cors_origins.split(",") if origin.strip()]
 
 
+class LoggingSettings(BaseSettings):
+    """Log shipping (shared.logging): with FLUENTD_HOST set, every JSON log record also goes to Fluentd's forward
+    input at FLUENTD_PORT, through a queue of FLUENTD_QUEUE_SIZE records (full: records are dropped, never waited on)."""
+
+    model_config = SettingsConfigDict(extra="ignore")
+
+    fluentd_host: str | None = Field(default=None, alias="FLUENTD_HOST")
+    fluentd_port: int = Field(default=24224, ge=1, le=65535, alias="FLUENTD_PORT")
+    fluentd_queue_size: int = Field(default=10_000, ge=1, le=1_000_000, alias="FLUENTD_QUEUE_SIZE")
+
+
+class MetricsSettings(BaseSettings):
+    """/metrics (shared.metrics) on the API and the coordinator: a Prometheus scraper sends AXIOM_METRICS_TOKEN as
+    `Authorization: Bearer <token>`; unset, /metrics takes the same credentials as any other route."""
+
+    model_config = SettingsConfigDict(extra="ignore")
+
+    token: SecretStr | None = Field(default=None, min_length=16, alias="AXIOM_METRICS_TOKEN")
+
+    @field_validator("token", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        """An empty AXIOM_METRICS_TOKEN (compose passes `${AXIOM_METRICS_TOKEN:-}`) means unset."""
+        return None if isinstance(value, str) and not value.strip() else value
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(extra="ignore")
 
@@ -123,6 +149,8 @@ class Settings(BaseSettings):
     distributed: DistributedSettings = Field(default_factory=DistributedSettings)
     coordinator: CoordinatorSettings = Field(default_factory=CoordinatorSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
+    logs: LoggingSettings = Field(default_factory=LoggingSettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     log_level: str = Field(default="INFO", alias="LOG_LEVEL")
     instance_id: str = Field(default="axiom-1", alias="AXIOM_INSTANCE_ID")
     heartbeat_seconds: float = Field(default=5.0, gt=0, le=3600, alias="AXIOM_HEARTBEAT_SECONDS")

@@ -2,6 +2,8 @@
 
 `configure_logging(service)` installs the handler once per process; `log_event(logger, event, **fields)` writes
 an event with correlation fields (query_id, source, study_uid, ...). Secret-looking fields are masked.
+With FLUENTD_HOST set (shared.config.LoggingSettings) the same records are also shipped to Fluentd with tag
+`axiom.<service>` by shared.fluentd.FluentForwardHandler, which never blocks the service.
 """
 
 from __future__ import annotations
@@ -11,6 +13,9 @@ import logging
 import sys
 from datetime import datetime, timezone
 from typing import Any
+
+from shared.config import LoggingSettings
+from shared.fluentd import FluentForwardHandler
 
 SECRET_FIELDS = frozenset({"password", "token", "secret", "api_key", "authorization", "secret_key"})
 _RESERVED = frozenset(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime"}
@@ -24,6 +29,10 @@ class JsonFormatter(logging.Formatter):
         self.service = service
 
     def format(self, record: logging.LogRecord) -> str:
+        return json.dumps(self.to_dict(record), default=str, ensure_ascii=False)
+
+    def to_dict(self, record: logging.LogRecord) -> dict[str, Any]:
+        """The record's fields as a dict (what `format` writes as JSON and Fluentd receives), secrets masked."""
         payload: dict[str, Any] = {
             "timestamp": datetime.fromtimestamp(record.created, tz=timezone.utc).isoformat(timespec="milliseconds"),
             "level": record.levelname.lower(),
@@ -39,7 +48,7 @@ class JsonFormatter(logging.Formatter):
                 payload[key] = "***" if key.lower() in SECRET_FIELDS else value
         if record.exc_info:
             payload["exception"] = self.formatException(record.exc_info)
-        return json.dumps(payload, default=str, ensure_ascii=False)
+        return payload
 
 
 def quiet_pynetdicom(quiet: bool = True) -> None:
@@ -52,16 +61,26 @@ def quiet_pynetdicom(quiet: bool = True) -> None:
     _config.LOG_REQUEST_IDENTIFIERS = _config.LOG_RESPONSE_IDENTIFIERS = not quiet
 
 
-def configure_logging(service: str, level: str = "INFO", stream: Any = None) -> None:
-    """Route the root logger to JSON lines on `stream` (stdout) for `service`; idempotent."""
+def configure_logging(service: str, level: str = "INFO", stream: Any = None,
+                      shipping: LoggingSettings | None = None) -> None:
+    """Route the root logger to JSON lines on `stream` (stdout) for `service`, and to Fluentd (tag
+    `axiom.<service>`) when `shipping` (default: read from the environment) names a FLUENTD_HOST; idempotent."""
     root = logging.getLogger()
     for handler in list(root.handlers):
         if getattr(handler, "_axiom", False):
             root.removeHandler(handler)
+            handler.close()
+    formatter = JsonFormatter(service)
     handler = logging.StreamHandler(stream or sys.stdout)
-    handler.setFormatter(JsonFormatter(service))
-    handler._axiom = True  # type: ignore[attr-defined]
-    root.addHandler(handler)
+    handler.setFormatter(formatter)
+    handlers: list[logging.Handler] = [handler]
+    shipping = shipping if shipping is not None else LoggingSettings()
+    if shipping.fluentd_host:
+        handlers.append(FluentForwardHandler(shipping.fluentd_host, shipping.fluentd_port, f"axiom.{service}",
+                                             formatter.to_dict, queue_size=shipping.fluentd_queue_size))
+    for handler in handlers:
+        handler._axiom = True  # type: ignore[attr-defined]
+        root.addHandler(handler)
     root.setLevel(level.upper())
     # Library diagnostics only at DEBUG: Axiom reports what they would say as its own events (source_query_failed).
     debug = level.upper() == "DEBUG"

@@ -7,6 +7,14 @@ span is written to `spanner_query_logs`. With `cache_ttl_seconds` (a spanner con
 result is kept in the client's cache and an identical query within the TTL is answered from it (partial or failed
 spans are never cached: a fresh query may do better). Each source's health is kept in the same cache: an archive that
 failed `failure_threshold` spans in a row is skipped (reported `skipped`) for the cool-down (shared.spanning.health).
+
+Query log writes: the row is inserted (status `running`) and committed before any source is asked, so a crash at
+any later point leaves the accepted query on record. Its completion (status, per-source outcomes, counts) is an
+UPDATE, written before `run`/`stream` hand back the SpanResult, unless the caller passes `defer`: a scheduler that
+runs the write later, e.g. after the HTTP answer has been sent (the QIDO-RS route hands it Starlette's background
+tasks, so the answer does not wait for a commit). A process that dies between the answer and that write leaves the
+row `running` with no outcomes: the span's existence is never lost, only its completion. A span that raises or is
+abandoned is always closed inline.
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ from shared.adapters.query_ports import QueryPorts, build_query_ports
 from shared.db.repo.query_logs import finish_query_log, start_query_log
 from shared.dicom.dicom_json import dataset_to_json
 from shared.logging import log_event
+from shared.metrics import record_span
 from shared.spanning.codec import result_from_dict, result_to_dict
 from shared.spanning.engine import stream_span
 from shared.spanning.health import BreakerPolicy, SourceHealth, record_outcome, skip_reason
@@ -33,6 +42,8 @@ from shared.spanning.ports import CancelToken
 
 logger = logging.getLogger(__name__)
 CACHE_RETRY_SECONDS = 5.0
+# Runs fn(*args) later (e.g. Starlette's BackgroundTasks.add_task: after the answer is sent).
+Deferral = Callable[..., None]
 
 
 class InProcessSpanClient:
@@ -65,18 +76,21 @@ class InProcessSpanClient:
         config_id: int | None = None,
         requester: dict | None = None,
         cache_ttl_seconds: float = 0,
+        defer: Deferral | None = None,
     ) -> SpanResult:
         """Run one span to completion and return its result (the last event of `stream`), or the cached result of
         the same query on the same sources when `cache_ttl_seconds` > 0 (stored as plain data through
-        shared.spanning.codec, so the cache may be shared: Redis in the distributed mode)."""
+        shared.spanning.codec, so the cache may be shared: Redis in the distributed mode). `defer`: see the module
+        doc (query log writes)."""
         key = span_cache_key(request, sources, policy) if cache_ttl_seconds > 0 else None
         cached = self._cache_get(key) if key else None
         if cached is not None:
             result = replace(result_from_dict(cached), query_id=request.query_id, duration_ms=0.0)
-            with self._logged(request, config_id, requester, cache_hit=True) as finish:
+            with self._logged(request, config_id, requester, defer, cache_hit=True) as finish:
                 finish(result)
             return result
-        for event in self.stream(request, sources, policy, cancel=cancel, config_id=config_id, requester=requester):
+        for event in self.stream(request, sources, policy, cancel=cancel, config_id=config_id, requester=requester,
+                                 defer=defer):
             result = event
         if key and result.status is SpanStatus.COMPLETED:
             self._cache_set(key, result_to_dict(result), cache_ttl_seconds)
@@ -91,9 +105,11 @@ class InProcessSpanClient:
         cancel: CancelToken | None = None,
         config_id: int | None = None,
         requester: dict | None = None,
+        defer: Deferral | None = None,
     ) -> Iterator[object]:
-        """Yield the engine's events (matches as soon as final, source outcomes, then the SpanResult)."""
-        with self._logged(request, config_id, requester) as finish:
+        """Yield the engine's events (matches as soon as final, source outcomes, then the SpanResult). `defer`: see
+        the module doc (query log writes)."""
+        with self._logged(request, config_id, requester, defer) as finish:
             skip = self._open_breakers(sources)
             for event in stream_span(request, sources, ports=self._ports, executor=self._executor, policy=policy,
                                      cancel=cancel, skip=skip):
@@ -150,7 +166,8 @@ class InProcessSpanClient:
         self._executor.shutdown()
 
     @contextmanager
-    def _logged(self, request: SpanRequest, config_id: int | None, requester: dict | None, cache_hit: bool = False):
+    def _logged(self, request: SpanRequest, config_id: int | None, requester: dict | None,
+                defer: Deferral | None = None, cache_hit: bool = False):
         """Log the span's start and end; the block hands its SpanResult to the yielded callback. A span that raises
         or is abandoned (the stream closed early) is still closed in the query log, as failed or cancelled."""
         log_event(logger, "spanning_query_started", query_id=request.query_id, query_level=request.level.value,
@@ -166,16 +183,35 @@ class InProcessSpanClient:
                 self._finish(SpanResult(
                     query_id=request.query_id, status=SpanStatus.CANCELLED if abandoned else SpanStatus.FAILED,
                     matches=(), outcomes=(), raw_count=0, duration_ms=0.0,
-                    error="abandoned by the caller" if abandoned else f"{type(exc).__name__}: {exc}"))
+                    error="abandoned by the caller" if abandoned else f"{type(exc).__name__}: {exc}"), None, request)
+            else:  # the span ended and its result was handed out; the caller stopped listening afterwards
+                self._finish(finished[0], None, request, cache_hit)
             raise
         if finished:
-            self._finish(finished[0])
+            self._finish(finished[0], defer, request, cache_hit)
 
-    def _finish(self, result: SpanResult) -> None:
+    def _finish(self, result: SpanResult, defer: Deferral | None, request: SpanRequest, cache_hit: bool = False
+                ) -> None:
         log_span_result(result)
-        if self._session_factory is not None:
-            with self._session_factory.begin() as session:
-                finish_query_log(session, query_id=result.query_id, result=result)
+        record_span(result, request.query_type, cache_hit=cache_hit)  # shared.metrics: the in-process mode's spans
+        if self._session_factory is None:
+            return
+        if defer is not None:
+            defer(self._write_deferred_finish, result)
+        else:
+            self._write_finish(result)
+
+    def _write_finish(self, result: SpanResult) -> None:
+        with self._session_factory.begin() as session:
+            finish_query_log(session, query_id=result.query_id, result=result)
+
+    def _write_deferred_finish(self, result: SpanResult) -> None:
+        """The completion write, run by the caller's scheduler: nobody is left to raise to, so a failure is logged."""
+        try:
+            self._write_finish(result)
+        except Exception as exc:
+            log_event(logger, "query_log_write_failed", logging.ERROR, query_id=result.query_id,
+                      error=f"{type(exc).__name__}: {exc}")
 
     def _start_log(self, request: SpanRequest, config_id: int | None, requester: dict) -> None:
         with self._session_factory.begin() as session:

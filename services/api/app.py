@@ -24,7 +24,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 
 from services.api.heartbeat import heartbeat_lifespan
-from services.api.routes import auth, config, config_sources, config_spanner, logs, meta, moves, qido, wado
+from services.api.routes import auth, config, config_sources, config_spanner, logs, meta, metrics, moves, qido, wado
 from services.api.routes import services as service_routes
 from services.api.validation_errors import validation_error_response
 from shared.config import Settings
@@ -91,4 +91,5 @@ def create_app(settings: Settings, *, session_factory=None) -> FastAPI:
     # the API's storage AE its jobs may use
     for module in (meta, auth, config, config_sources, config_spanner, qido, wado, logs, moves, service_routes):
         app.include_router(module.router)
+    metrics.install(app)  # GET /metrics (AXIOM_METRICS_TOKEN or any credential) and the DICOMweb request counter
     return app

@@ -15,7 +15,7 @@ from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from redis.asyncio import Redis as AsyncRedis
 from sqlalchemy import text
 
@@ -28,6 +28,9 @@ from shared.distributed.intake import (
 from shared.distributed.runtime import SpanRuntime, build_runtime
 from shared.logging import log_event
 from shared.messaging.celery_app import create_celery_app, publish
+from shared.messaging.contracts import ALL_QUEUES
+from shared.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from shared.metrics import QueueDepthCollector, SharedSpanMetrics, metrics_token_matches, render_metrics
 from shared.security.authenticator import Authenticator
 from shared.security.principal import Principal as CallerPrincipal
 from shared.service_registry import ServiceHeartbeat, process_identity
@@ -99,6 +102,17 @@ def _routes(app: FastAPI, runtime: SpanRuntime, settings: Settings) -> None:
     async def openapi(_principal: Principal) -> dict[str, Any]:
         """The API's OpenAPI schema, for authenticated clients."""
         return app.openapi()
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics(request: Request) -> Response:
+        """Prometheus metrics (shared.metrics): every distributed span, whoever finalised it, and the queue depths.
+        `Authorization: Bearer <AXIOM_METRICS_TOKEN>`, or any credential the other routes take; 401 otherwise."""
+        if not metrics_token_matches(request.headers, settings.metrics.token):
+            require_principal(request)
+        collectors = (SharedSpanMetrics.of_store(runtime.store),
+                      QueueDepthCollector(app.state.celery.connection_for_write, ALL_QUEUES))
+        body = await run_in_threadpool(render_metrics, collectors, local_spans=False)
+        return Response(body, media_type=METRICS_CONTENT_TYPE)
 
     @app.post("/spanning-query", status_code=202)
     async def submit(request: Request, principal: Principal,

@@ -34,6 +34,7 @@ from shared.distributed.plan import Plan, planned_source
 from shared.distributed.runtime import SpanRuntime
 from shared.logging import log_event
 from shared.messaging.contracts import FINALIZE_SPAN, QUERY_SOURCE
+from shared.metrics import record_distributed_span
 from shared.span_client import health_key, log_span_result, span_cache_key
 from shared.spanning import policy as rules
 from shared.spanning.codec import result_from_dict, result_to_dict
@@ -287,6 +288,7 @@ def _commit(rt: SpanRuntime, plan: Plan | None, result: SpanResult, *, cache_hit
         if plan.cache_key and result.status is SpanStatus.COMPLETED:
             rt.cache.set(plan.cache_key, data, plan.cache_ttl_seconds)
     log_span_result(result, cache_hit=cache_hit)
+    record_distributed_span(rt.store, result, plan.request.query_type if plan else None, cache_hit=cache_hit)
     return True
 
 

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from pydicom import Dataset
 
 from shared.adapters.cache import MemoryCache
 from shared.adapters.query_ports import QueryPorts
 from shared.dicom.levels import QueryLevel
 from shared.span_client import InProcessSpanClient
-from shared.spanning.model import DedupStrategy, SourceSpec, SpanPolicy, SpanRequest, SpanStatus
+from shared.spanning.model import DedupStrategy, SourceSpec, SpanPolicy, SpanRequest, SpanResult, SpanStatus
 from tests.fakes.clock import FakeClock
 from tests.fakes.ports import Script, ScriptedPort, study
 
@@ -116,4 +118,65 @@ def test_an_archive_failing_spans_in_a_row_is_skipped_for_the_cool_down_then_tri
     assert down_outcome().status is SourceStatus.FAILED and len(port.calls_for("DOWN")) == 3
     assert down_outcome().status is SourceStatus.SKIPPED
     assert client.source_health(sources[0]).consecutive_failures == 0
+    client.close()
+
+
+def _logged_client(tmp_path, scripts: dict[str, Script]):
+    from shared.db.migrations import upgrade_to_head
+    from shared.db.session import make_engine, make_sessionmaker
+
+    url = f"sqlite:///{tmp_path / 'axiom.db'}"
+    upgrade_to_head(url)
+    factory = make_sessionmaker(make_engine(url))
+    port = ScriptedPort(scripts)
+    return InProcessSpanClient(ports_factory=lambda: QueryPorts({"fake": lambda: port}), session_factory=factory), \
+        factory
+
+
+def _log_row(factory, query_id: str):
+    from shared.db.repo.query_logs import get_query_log
+
+    with factory() as session:
+        return get_query_log(session, query_id=query_id)
+
+
+def test_a_deferred_completion_is_written_when_the_caller_runs_it(tmp_path):
+    client, factory = _logged_client(tmp_path, {"A": Script(matches=[study("1.2.3")]), "B": Script(
+        query_failure="0xC000")})
+    later: list = []
+    span_request = request()
+    result = client.run(span_request, [SourceSpec("A", "fake"), SourceSpec("B", "fake")], SpanPolicy(),
+                        defer=lambda fn, *args: later.append((fn, args)))
+    assert result.status is SpanStatus.PARTIAL and len(later) == 1
+    row = _log_row(factory, span_request.query_id)
+    assert row.status.value == "running" and row.source_outcomes is None  # accepted before the answer, not yet done
+    fn, args = later[0]
+    fn(*args)
+    row = _log_row(factory, span_request.query_id)
+    assert row.status.value == "partial" and row.deduplicated_result_count == 1
+    assert [(o["source"], o["status"]) for o in row.source_outcomes] == [("A", "ok"), ("B", "failed")]
+    client.close()
+
+
+def test_a_deferred_completion_that_fails_is_logged_not_raised(tmp_path, caplog):
+    client, factory = _logged_client(tmp_path, {"A": Script(matches=[study("1.2.3")])})
+    later: list = []
+    client.run(request(), [SourceSpec("A", "fake")], SpanPolicy(), defer=lambda fn, *args: later.append((fn, args)))
+    fn, (result,) = later[0]
+    fn(replace(result, query_id="never-started"))  # no row to complete: LookupError inside
+    assert [(r.getMessage(), r.query_id) for r in caplog.records if r.levelname == "ERROR"] == [
+        ("query_log_write_failed", "never-started")]
+    client.close()
+
+
+def test_a_stream_closed_after_its_result_still_completes_the_query_log(tmp_path):
+    client, factory = _logged_client(tmp_path, {"A": Script(matches=[study("1.2.3")])})
+    span_request = request()
+    events = client.stream(span_request, [SourceSpec("A", "fake")], SpanPolicy())
+    for event in events:
+        if isinstance(event, SpanResult):
+            break  # the caller has what it needs and walks away without exhausting the stream
+    events.close()
+    row = _log_row(factory, span_request.query_id)
+    assert row.status.value == "completed" and row.deduplicated_result_count == 1
     client.close()
