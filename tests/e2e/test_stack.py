@@ -23,7 +23,6 @@ from pathlib import Path
 import httpx
 import pytest
 from pynetdicom import AE
-from sqlalchemy import create_engine, text
 
 from services.pacs_sim import PacsSimulator
 from services.pacs_sim.catalog import generate_catalog
@@ -31,7 +30,7 @@ from shared.db.models import Role
 from shared.db.session import make_engine, make_sessionmaker, session_scope
 from shared.security.api_keys import create_api_key
 from tests.peers.services import (
-    POSTGRES_ADMIN_URL, STACK_VARIABLES, PostgresDatabase, RabbitVhost, RedisIndex, require_stack_services,
+    STACK_VARIABLES, PostgresDatabase, RabbitVhost, RedisIndex, require_stack_services,
 )
 
 pytestmark = pytest.mark.integration
@@ -55,26 +54,12 @@ def free_offset() -> int:
     raise AssertionError("no free port offset found")
 
 
-class EmptyDatabase(PostgresDatabase):
-    """A database of its own, created without the schema: migrating it is the stack's job."""
-
-    def create(self) -> str:
-        admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
-        try:
-            with admin.connect() as connection:
-                connection.execute(text(f'CREATE DATABASE "{self.name}"'))
-        finally:
-            admin.dispose()
-        self._created = True
-        return self.url
-
-
 @pytest.fixture()
 def infrastructure(tmp_path):
     require_stack_services()
-    database, redis_index, vhost = EmptyDatabase("axiom_stack"), RedisIndex(), RabbitVhost("axiom-stack")
+    database, redis_index, vhost = PostgresDatabase("axiom_stack"), RedisIndex(), RabbitVhost("axiom-stack")
     try:
-        database.create()
+        database.create(migrate=False)  # migrating it is the stack's job
         redis_index.claim()
         vhost.create()
         env = {k: v for k, v in os.environ.items() if k not in STACK_VARIABLES}
@@ -207,13 +192,21 @@ def assert_span(coordinator_url: str, key: str, catalog) -> None:
 
 
 def assert_echo(port: int) -> None:
+    """A C-ECHO on SCP_AE succeeds. The listener re-reads the configs every 2 s (services/listener/gate.py), so an
+    association in the first seconds after `config apply` may still be refused: try for a few seconds."""
     ae = AE(ae_title="STACK_TEST")
     ae.add_requested_context(VERIFICATION)
-    assoc = ae.associate("127.0.0.1", port, ae_title=SCP_AE)
+    deadline = time.monotonic() + 6
     try:
+        while True:
+            assoc = ae.associate("127.0.0.1", port, ae_title=SCP_AE)
+            if assoc.is_established or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
         assert assoc.is_established, "the listener refused the association"
-        assert int(assoc.send_c_echo().Status) == 0
-    finally:
-        if assoc.is_established:
+        try:
+            assert int(assoc.send_c_echo().Status) == 0
+        finally:
             assoc.release()
+    finally:
         ae.shutdown()

@@ -36,6 +36,7 @@ from shared.spanning.model import SourceSpec
 from shared.spanning.ports import CancelToken, QueryFailedError, TransportError
 from tests.peers import free_port, require
 from tests.peers.orthanc import OrthancPeer, orthanc_available
+from tests.peers.streams import drain
 from tests.peers.studies import StudySpec, build_instance, build_instances, study
 
 pytestmark = pytest.mark.integration
@@ -95,16 +96,6 @@ class CancelAfterRequest(CancelToken):
         if self.hooks == 2:
             threading.Timer(self.delay, self.cancel).start()
         return super().on_cancel(callback)
-
-
-def drain(stream) -> tuple[list, RetrieveOutcome]:
-    """Every RetrieveProgress of a move()/get() generator and the RetrieveOutcome it returned."""
-    progress = []
-    while True:
-        try:
-            progress.append(next(stream))
-        except StopIteration as stop:
-            return progress, stop.value
 
 
 def source(port: int, ae_title: str, name: str = "SRC", **conn: object) -> SourceSpec:

@@ -39,6 +39,7 @@ from shared.spanning.ports import CancelToken, QueryFailedError, TransportError
 from tests.fakes.retrieval import FakeLocate, FakeStorePort
 from tests.peers import free_port, require
 from tests.peers.orthanc import OrthancPeer, orthanc_available
+from tests.peers.streams import drain as run
 from tests.peers.studies import build_instance, build_instances, study, to_part10
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
@@ -88,15 +89,6 @@ class Sink:
     @property
     def uids(self) -> list[str]:
         return sorted(str(ds.SOPInstanceUID) for ds in self.got)
-
-
-def run(stream) -> tuple[list, RetrieveOutcome]:
-    progress = []
-    while True:
-        try:
-            progress.append(next(stream))
-        except StopIteration as stop:
-            return progress, stop.value
 
 
 @pytest.fixture(scope="module")

@@ -204,7 +204,8 @@ class PostgresDatabase:
         self.url = make_url(POSTGRES_ADMIN_URL).set(database=self.name).render_as_string(hide_password=False)
         self._created = False
 
-    def create(self) -> str:
+    def create(self, *, migrate: bool = True) -> str:
+        """Create the database (and migrate it to the head revision unless `migrate` is false); its URL."""
         from shared.db.migrations import upgrade_to_head
 
         admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
@@ -214,7 +215,8 @@ class PostgresDatabase:
         finally:
             admin.dispose()
         self._created = True
-        upgrade_to_head(self.url)
+        if migrate:
+            upgrade_to_head(self.url)
         return self.url
 
     def drop(self) -> None:

@@ -1,14 +1,13 @@
-"""Helpers for driving a QueryPort by hand in adapter tests."""
+"""Helpers for driving a QueryPort or RetrievePort by hand in adapter tests."""
 
 from __future__ import annotations
 
 from pydicom import Dataset
 
-from shared.spanning.model import FindSummary
 
-
-def drain(stream) -> tuple[list[Dataset], FindSummary | None]:
-    """All matches of a QueryPort.find() generator and the FindSummary it returned."""
+def drain(stream) -> tuple[list, object]:
+    """Everything a generator yields and the value it returns: the matches of a QueryPort.find() and its
+    FindSummary, or the RetrieveProgress of a RetrievePort move()/get() and its RetrieveOutcome."""
     matches = []
     while True:
         try:
