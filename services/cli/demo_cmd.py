@@ -231,8 +231,8 @@ def _verdict(checks: list[tuple[str, bool]], *, serving: bool = False) -> None:
     if serving:
         console.print("[green]Demo complete.[/green]")
         return
-    console.print("[green]Demo complete.[/green] The demo's archives have stopped; to keep one running and query it "
-                  "yourself, see `axiom pacs-sim --help` and `axiom find --help` (examples in the README).")
+    console.print("[green]Demo complete.[/green] The demo's archives have stopped. To keep them, the spanning SCP and "
+                  "the API running and try findscu, curl or dicomweb-client yourself: `axiom demo --serve`.")
 
 
 def register(app: typer.Typer) -> None:
