@@ -146,17 +146,19 @@ def _show_log(factory) -> None:
 
 def demo(
     seed: int = typer.Option(7, help="seed of the synthetic archives"),
-    serve: bool = typer.Option(False, "--serve", help="afterwards keep the spanning SCP and the API up (with the "
-                               "archives) until Ctrl-C, to try findscu, curl and dicomweb-client"),
+    serve: bool = typer.Option(False, "--serve", help="afterwards keep the spanning SCP, the API and the coordinator "
+                               "up (with the archives) until Ctrl-C, to try findscu, curl and dicomweb-client"),
     host: str = typer.Option("127.0.0.1", "--host", help="with --serve: the address the SCP and the API listen on"),
     api_port: int = typer.Option(8001, "--api-port", min=0, max=65535, help="with --serve: the API's port"),
     scp_port: int = typer.Option(11114, "--scp-port", min=0, max=65535, help="with --serve: the SCP's port"),
+    coordinator_port: int = typer.Option(8002, "--coordinator-port", min=1, max=65535,
+                                         help="with --serve: the spanner coordinator's port (embedded mode)"),
 ) -> None:
     """Start three simulated PACS, configure a spanner on the embedded database and run example spans."""
     checks: list[tuple[str, bool]] = []
     if serve:
         with user_errors():
-            check_ports_free(host, api_port, scp_port)
+            check_ports_free(host, api_port, scp_port, coordinator_port)
     with ExitStack() as stack:
         console.print(Rule("Axiom demo: three archives, one query"))
         archives = _start_archives(stack, seed)
@@ -218,7 +220,8 @@ def demo(
         if serve:
             _verdict(checks, serving=True)
             console.print(Rule("The embedded stack stays up (--serve)"))
-            serve_embedded(console, factory, client, patient, host=host, api_port=api_port, scp_port=scp_port)
+            serve_embedded(console, factory, client, patient, host=host, api_port=api_port, scp_port=scp_port,
+                           coordinator_port=coordinator_port)
             return
     _verdict(checks)
 

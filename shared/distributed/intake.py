@@ -75,7 +75,8 @@ def accept_span(rt: SpanRuntime, *, config_id: int | None, config_name: str | No
     """Validate and record a spanning query, then queue it (PLAN_SPAN); the 202 body. SpanRequestError (4xx) names
     the field; 503 when the broker cannot take the message (the query is then closed as failed, not lost).
     `query_types`: the query types this caller may record (see HTTP_QUERY_TYPES / LOCATE_QUERY_TYPES)."""
-    kind, level, identifier = _validated(config_id, config_name, query_type, query_level, keys, query_types)
+    kind, level, identifier = validate_span_request(config_id, config_name, query_type, query_level, keys,
+                                                    query_types)
     query_id = uuid.uuid4().hex
     with rt.session_factory.begin() as session:
         config = get_spanner_config(session, id=config_id) if config_id is not None else \
@@ -105,7 +106,11 @@ def accept_span(rt: SpanRuntime, *, config_id: int | None, config_name: str | No
             "status_url": f"/spanning-query/{query_id}"}
 
 
-def _validated(config_id, config_name, query_type, query_level, keys, query_types):
+def validate_span_request(config_id, config_name, query_type, query_level, keys,
+                          query_types: frozenset[QueryType] = HTTP_QUERY_TYPES):
+    """(query type, level, identifier) of a spanning query request, or SpanRequestError(422) naming the field.
+    The keys become a C-FIND identifier of `query_level` (PS3.4 C.4.1.1.3: one Query/Retrieve level, the unique
+    keys above it); shared by the distributed intake and the embedded coordinator (shared.embedded_spans)."""
     if (config_id is None) == (config_name is None):
         raise SpanRequestError(422, "give exactly one of spanner_config_id or spanner_config")
     try:
@@ -140,17 +145,12 @@ def describe_span(rt: SpanRuntime, query_id: str, *, offset: int = 0, limit: int
         log = get_query_log(session, query_id=query_id)
         if log is None:
             raise SpanRequestError(404, f"no spanning query {query_id!r}")
-        view = _log_view(log)
-        config = get_spanner_config(session, id=log.spanner_config_id) if log.spanner_config_id else None
-        view["spanner_config"] = config.name if config is not None else None
+        view = log_view(session, log)
         final = None if log.is_open else (rt.store.result(query_id) or get_query_result(session, query_id=query_id))
         raw_plan = rt.store.plan(query_id) if log.is_open else None
         pending = _configured_sources(session, log) if log.is_open and raw_plan is None else []
-    if final is not None:
-        return _final_view(view, final, offset, limit)
-    if not log.is_open:  # finished, its results past retention: the log's summary
-        return {**view, "sources": log.source_outcomes or [], "results": [], "offset": offset, "limit": limit,
-                "results_expired": True}
+    if not log.is_open:
+        return finished_view(view, log, final, offset, limit)
     if raw_plan is None:
         return {**view, "sources": [{"source": name, "status": "pending", "match_count": 0, "latency_ms": 0.0,
                                      "retries": 0, "error": None, "truncated": False} for name in pending],
@@ -158,13 +158,16 @@ def describe_span(rt: SpanRuntime, query_id: str, *, offset: int = 0, limit: int
     return _live_view(rt, view, Plan.from_dict(raw_plan), offset, limit)
 
 
-def _log_view(log) -> dict[str, Any]:
+def log_view(session, log) -> dict[str, Any]:
+    """The fields of a query's GET view that its `spanner_query_logs` row holds (both modes use it)."""
+    config = get_spanner_config(session, id=log.spanner_config_id) if log.spanner_config_id else None
     execution = log.duration_ms
     if execution is None:
         execution = max(0.0, (datetime.now(timezone.utc) - log.started_at).total_seconds() * 1000.0)
     return {
         "query_id": log.query_id, "status": log.status.value, "spanner_config_id": log.spanner_config_id,
-        "spanner_config": None, "query_type": log.query_type.value, "query_level": log.query_level,
+        "spanner_config": config.name if config is not None else None, "query_type": log.query_type.value,
+        "query_level": log.query_level,
         "total_results": log.deduplicated_result_count or 0, "raw_results": log.raw_result_count or 0,
         "sources_queried": 0, "sources_responded": 0, "execution_time_ms": round(execution, 1),
         "accepted_at": _iso(log.started_at), "completed_at": _iso(log.completed_at),
@@ -179,7 +182,13 @@ def _configured_sources(session, log) -> list[str]:
         return []
 
 
-def _final_view(view: dict[str, Any], data: dict[str, Any], offset: int, limit: int) -> dict[str, Any]:
+def finished_view(view: dict[str, Any], log, data: dict[str, Any] | None, offset: int, limit: int
+                  ) -> dict[str, Any]:
+    """The GET view of a finished query from its kept result `data` (shared.spanning.codec), or, past the
+    retention (`data` None), the log's summary with `results_expired`."""
+    if data is None:
+        return {**view, "sources": log.source_outcomes or [], "results": [], "offset": offset, "limit": limit,
+                "results_expired": True}
     sources = data["sources"]
     return {**view, "status": data["status"], "total_results": data["deduplicated_count"],
             "raw_results": data["raw_count"], "execution_time_ms": data["duration_ms"], "error": data["error"],

@@ -1,5 +1,5 @@
 """`axiom demo` is the README's main job on the embedded default: it must run to the end and pass its own checks;
-`axiom demo --serve` then keeps the embedded SCP and API up for real clients."""
+`axiom demo --serve` then keeps the embedded SCP, API and spanner coordinator up for real clients."""
 
 from __future__ import annotations
 
@@ -32,14 +32,16 @@ def test_demo_runs_every_scenario_and_passes_its_checks(tmp_path):
     assert (tmp_path / "axiom.db").exists()
 
 
-def test_demo_serve_keeps_the_scp_and_the_api_up_until_sigint(tmp_path):
-    """`axiom demo --serve` on free ports: a pynetdicom C-FIND on the SCP and a QIDO-RS search on the API (with the
-    printed demo-admin password) find the patient's studies; SIGINT stops it with exit code 0."""
-    api_port, scp_port = free_port(), free_port()
+def test_demo_serve_keeps_the_scp_the_api_and_the_coordinator_up_until_sigint(tmp_path):
+    """`axiom demo --serve` on free ports: a pynetdicom C-FIND on the SCP, a QIDO-RS search on the API and a
+    spanning query on the embedded coordinator (with the printed demo-admin password's access token) find the
+    patient's studies; SIGINT stops it with exit code 0."""
+    api_port, scp_port, coordinator_port = free_port(), free_port(), free_port()
     env = {**os.environ, "AXIOM_DATA_DIR": str(tmp_path), "COLUMNS": "400"}
     env.pop("DATABASE_URL", None)
     proc = subprocess.Popen([sys.executable, "-m", "services.cli.main", "demo", "--serve", "--api-port",
-                             str(api_port), "--scp-port", str(scp_port)], stdout=subprocess.PIPE,
+                             str(api_port), "--scp-port", str(scp_port), "--coordinator-port", str(coordinator_port)],
+                            stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, env=env, cwd=REPO)
     lines: list[str] = []
     try:
@@ -50,10 +52,16 @@ def test_demo_serve_keeps_the_scp_and_the_api_up_until_sigint(tmp_path):
         text = "".join(lines)
         password = re.search(r"password \(shown once\): (\S+)", text).group(1)
         patient = re.search(r"-k PatientID=(\S+)", text).group(1)
-        assert f"spanning SCP AXIOM_DEMO@127.0.0.1:{scp_port}" in text and "coordinator not started" in text
+        assert f"spanning SCP AXIOM_DEMO@127.0.0.1:{scp_port}" in text
+        assert f"coordinator http://127.0.0.1:{coordinator_port}" in text
+        assert "/spanning-query?spanner_config=demo" in text
         dimse_uids = c_find_studies(scp_port, patient)
-        qido_uids = qido_studies(api_port, password, patient)
+        token = access_token(api_port, password)
+        qido_uids = qido_studies(api_port, token, patient)
         assert dimse_uids and dimse_uids == qido_uids
+        status, found = coordinator_studies(coordinator_port, token, patient)
+        # EAST fails half its queries: a partial span may lack the studies only EAST holds
+        assert found and (found == dimse_uids if status == "completed" else found <= dimse_uids)
         proc.send_signal(signal.SIGINT)
         rest, _ = proc.communicate(timeout=30)
     finally:
@@ -61,8 +69,9 @@ def test_demo_serve_keeps_the_scp_and_the_api_up_until_sigint(tmp_path):
             proc.kill()
             proc.wait()
     assert proc.returncode == 0, rest[-3000:]
-    assert "stopping: API, SCP, archives" in rest
-    for port in (api_port, scp_port):  # nothing listens any more (SO_REUSEADDR: TIME_WAIT does not count)
+    assert "stopping: coordinator, API, SCP, archives" in rest
+    # nothing listens any more (SO_REUSEADDR: TIME_WAIT does not count)
+    for port in (api_port, scp_port, coordinator_port):
         with socket.socket() as sock:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind(("127.0.0.1", port))
@@ -85,14 +94,33 @@ def c_find_studies(port: int, patient: str) -> set[str]:
         ae.shutdown()
 
 
-def qido_studies(port: int, password: str, patient: str) -> set[str]:
-    base = f"http://127.0.0.1:{port}"
-    token = httpx.post(f"{base}/api/v1/auth/token", data={"username": "demo-admin", "password": password},
-                       timeout=10)
+def access_token(port: int, password: str) -> str:
+    token = httpx.post(f"http://127.0.0.1:{port}/api/v1/auth/token",
+                       data={"username": "demo-admin", "password": password}, timeout=10)
     assert token.status_code == 200, token.text
-    headers = {"Authorization": f"Bearer {token.json()['access_token']}"}
+    return token.json()["access_token"]
+
+
+def qido_studies(port: int, token: str, patient: str) -> set[str]:
+    base = f"http://127.0.0.1:{port}"
+    headers = {"Authorization": f"Bearer {token}"}
     assert httpx.get(f"{base}/api/v1/spanner/qido/studies", timeout=10).status_code == 401
     found = httpx.get(f"{base}/api/v1/spanner/qido/studies", params={"PatientID": patient}, headers=headers,
                       timeout=30)
     assert found.status_code == 200, found.text
     return {match["0020000D"]["Value"][0] for match in found.json()}
+
+
+def coordinator_studies(port: int, token: str, patient: str) -> tuple[str, set[str]]:
+    """POST /spanning-query on the embedded coordinator, then long-poll its Location until it is done."""
+    base, headers = f"http://127.0.0.1:{port}", {"Authorization": f"Bearer {token}"}
+    assert httpx.get(f"{base}/health", timeout=10).json()["mode"] == "embedded"
+    assert httpx.post(f"{base}/spanning-query", params={"spanner_config": "demo"}, json={},
+                      timeout=10).status_code == 401
+    accepted = httpx.post(f"{base}/spanning-query", params={"spanner_config": "demo"}, headers=headers, timeout=10,
+                          json={"PatientID": patient, "StudyInstanceUID": ""})
+    assert accepted.status_code == 202, accepted.text
+    done = httpx.get(base + accepted.headers["Location"], params={"wait": 20, "limit": 1000}, headers=headers,
+                     timeout=30).json()
+    assert done["status"] in ("completed", "partial") and done["requested_by"] == "demo-admin", done
+    return done["status"], {match["0020000D"]["Value"][0] for match in done["results"]}
