@@ -1,5 +1,7 @@
 """`python -m services.spanner_coordinator`: the coordinator on AXIOM_COORDINATOR_HOST:AXIOM_COORDINATOR_PORT
-(0.0.0.0:8000; the compose file publishes it on 8002), configured by environment only."""
+(0.0.0.0:8000; the compose file publishes it on 8002), configured by environment only: distributed over RabbitMQ,
+Redis and PostgreSQL, or, without RABBITMQ_URL and REDIS_URL on the embedded SQLite database, the embedded mode
+(services.spanner_coordinator.embedded)."""
 
 from __future__ import annotations
 
