@@ -24,6 +24,7 @@ from services.listener.gate import CALLED_AE_NOT_RECOGNISED, AssociationGate, Bi
 from services.listener.server import STORAGE_TRANSFER_SYNTAXES, SpanningServer, start_server
 from shared.logging import log_event
 from shared.retrieval.inbox import Inbox
+from shared.retrieval.spool import with_encoding
 
 logger = logging.getLogger(__name__)
 SUCCESS = 0x0000
@@ -85,4 +86,5 @@ class ApiStoreScp:
             return STORE_REFUSED
         dataset = event.dataset
         dataset.file_meta = event.file_meta
+        with_encoding(dataset, event.encoded_dataset())  # the source's own bytes, passed on unchanged
         return self.inbox.deliver(dataset)

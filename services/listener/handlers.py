@@ -32,6 +32,7 @@ from shared.db.repo.spanner_configs import SpanPlan, load_span_plan
 from shared.dicom.charset import decode_dataset
 from shared.dicom.scp_requests import IdentifierError, find_request
 from shared.logging import log_event
+from shared.retrieval.spool import with_encoding
 from shared.spanning.model import Match, SpanRequest, SpanResult
 from shared.spanning.ports import CancelToken
 
@@ -164,6 +165,7 @@ class ScpHandlers:
             return STORE_REFUSED
         dataset = event.dataset
         dataset.file_meta = event.file_meta
+        with_encoding(dataset, event.encoded_dataset())  # the source's own bytes, passed on unchanged
         return self.inbox.deliver(dataset)
 
 

@@ -139,7 +139,13 @@ def test_wado_rs_instances_are_the_archives_files_byte_for_byte(stack):
 
 
 @pytest.mark.parametrize("config", ["web-get", "web-move"])
-def test_dimse_instances_carry_the_archives_dataset_bytes(stack, config):
+def test_dimse_instances_carry_the_archives_dataset_bytes(stack, config, monkeypatch):
+    """Over C-GET and over C-MOVE to the API's storage AE alike, the instances are passed on as the source sent them:
+    nothing on the way encodes one again (an encode would fail the instance here)."""
+    def no_re_encoding(dataset):
+        raise AssertionError(f"{dataset.SOPInstanceUID} was encoded again instead of passed on")
+
+    monkeypatch.setattr("shared.retrieval.spool.encode_instance", no_re_encoding)
     from_b = raw_parts(stack, config, f"/studies/{study(ONLY_B).study_uid}")
     assert set(from_b) == sop_uids(ONLY_B)
     for uid, data in from_b.items():
