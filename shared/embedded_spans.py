@@ -27,11 +27,12 @@ from shared.db.models import QueryLogStatus
 from shared.db.repo.query_logs import (
     close_query_log, get_query_log, get_query_result, mark_query_running, overdue_query_ids, start_query_log,
 )
-from shared.db.repo.spanner_configs import get_spanner_config, load_span_plan
+from shared.db.repo.spanner_configs import load_span_plan
 from shared.dicom.dicom_json import dataset_to_json
 from shared.dicom.levels import default_model
 from shared.distributed.intake import (
-    HTTP_QUERY_TYPES, Requester, SpanRequestError, check_query_id, finished_view, log_view, validate_span_request,
+    HTTP_QUERY_TYPES, Requester, SpanRequestError, check_query_id, enabled_config, finished_view, log_view,
+    validate_span_request,
 )
 from shared.logging import log_event
 from shared.span_client import InProcessSpanClient
@@ -77,14 +78,7 @@ class EmbeddedSpans:
                                                         HTTP_QUERY_TYPES)
         query_id = uuid.uuid4().hex
         with self.session_factory.begin() as session:
-            config = get_spanner_config(session, id=config_id) if config_id is not None else \
-                get_spanner_config(session, name=config_name)
-            if config is None:
-                field_name = "spanner_config_id" if config_id is not None else "spanner_config"
-                wanted = config_id if config_id is not None else config_name
-                raise SpanRequestError(404, f"{field_name}: no spanner config {wanted!r}")
-            if not config.is_enabled:
-                raise SpanRequestError(409, f"spanner config {config.name!r} is disabled")
+            config = enabled_config(session, config_id, config_name)
             plan = load_span_plan(session, config_id=config.id)
             accepted = datetime.fromtimestamp(self._clock(), tz=timezone.utc)
             start_query_log(session, query_id=query_id, config_id=config.id, query_type=kind, level=level.value,

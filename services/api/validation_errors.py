@@ -20,7 +20,7 @@ from fastapi.responses import JSONResponse
 
 
 class AsciiJSONResponse(JSONResponse):
-    """JSON with every non-ASCII character escaped (`\\uXXXX`): valid for any str, lone surrogates included."""
+    """JSON with every non-ASCII character written as a `\\u` escape: valid for any str, lone surrogates included."""
 
     def render(self, content: Any) -> bytes:
         return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode("ascii")

@@ -35,7 +35,6 @@ blocked read wakes at once and the outcome is 0xFE00 with the counts so far.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -52,6 +51,7 @@ from shared.adapters.dicomweb_http import (
     DicomwebConnections, HttpClients, TokenProvider, auth_headers, dicomweb_connection, response_socket, safe_url,
     service_url, shutdown_socket, status_error,
 )
+from shared.dicom.dicom_json import DicomJsonError, json_objects
 from shared.dicom.levels import QueryLevel
 from shared.dicom.multipart import MultipartError, boundary_from_content_type, iter_multipart
 from shared.logging import log_event
@@ -336,13 +336,11 @@ def _deliver(source: SourceSpec, content: bytes, sink: InstanceSink, tally: Tall
 
 
 def _json_objects(source: SourceSpec, body: bytes, url: httpx.URL) -> list[dict]:
-    if not body.strip():
-        return []
     try:
-        data = json.loads(body)
-    except ValueError as exc:
+        data = json_objects(body)
+    except DicomJsonError as exc:
         raise QueryFailedError(f"{source.name}: malformed WADO-RS metadata from {safe_url(url)}: {exc}") from exc
-    if not isinstance(data, list) or not all(isinstance(item, dict) for item in data):
+    if not all(isinstance(item, dict) for item in data):
         raise QueryFailedError(f"{source.name}: WADO-RS metadata from {safe_url(url)} is not a JSON array of "
                                "DICOM JSON objects (PS3.18 F.2)")
     return data

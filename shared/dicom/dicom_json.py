@@ -163,8 +163,9 @@ def _person_name(value: dict | None) -> str:
     return "=".join(groups[:used])
 
 
-def datasets_from_json(payload: str | bytes | list[Any]) -> list[Dataset]:
-    """A DICOM JSON array (e.g. a QIDO-RS response body, PS3.18 F.2) -> datasets."""
+def json_objects(payload: str | bytes | list[Any]) -> list[Any]:
+    """The items of a DICOM JSON array body (PS3.18 F.2: QIDO-RS answers, WADO-RS metadata); an empty body is [].
+    DicomJsonError when it is not JSON or not an array."""
     data = payload
     if isinstance(payload, (str, bytes, bytearray)):
         if not payload.strip():
@@ -175,7 +176,12 @@ def datasets_from_json(payload: str | bytes | list[Any]) -> list[Dataset]:
             raise DicomJsonError(f"response is not JSON: {exc}") from exc
     if not isinstance(data, list):
         raise DicomJsonError(f"a DICOM JSON response must be an array, got {type(data).__name__}")
-    return [dataset_from_json(item) for item in data]
+    return data
+
+
+def datasets_from_json(payload: str | bytes | list[Any]) -> list[Dataset]:
+    """A DICOM JSON array (e.g. a QIDO-RS response body, PS3.18 F.2) -> datasets."""
+    return [dataset_from_json(item) for item in json_objects(payload)]
 
 
 def dataset_to_json(ds: Dataset, *, bulk_data_threshold: int = 1024, bulk_data_uri: Callable | None = None) -> dict:

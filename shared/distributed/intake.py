@@ -79,13 +79,7 @@ def accept_span(rt: SpanRuntime, *, config_id: int | None, config_name: str | No
                                                     query_types)
     query_id = uuid.uuid4().hex
     with rt.session_factory.begin() as session:
-        config = get_spanner_config(session, id=config_id) if config_id is not None else \
-            get_spanner_config(session, name=config_name)
-        if config is None:
-            field = "spanner_config_id" if config_id is not None else "spanner_config"
-            raise SpanRequestError(404, f"{field}: no spanner config {config_id if config_id is not None else config_name!r}")
-        if not config.is_enabled:
-            raise SpanRequestError(409, f"spanner config {config.name!r} is disabled")
+        config = enabled_config(session, config_id, config_name)
         accepted = datetime.fromtimestamp(rt.clock(), tz=timezone.utc)
         log = start_query_log(session, query_id=query_id, config_id=config.id, query_type=kind, level=level.value,
                         filters=dataset_to_json(identifier), requester_user=requester.user,
@@ -104,6 +98,19 @@ def accept_span(rt: SpanRuntime, *, config_id: int | None, config_name: str | No
     return {"query_id": query_id, "status": "accepted",
             "message": f"query accepted for spanner config {config_label!r}; poll the status URL for results",
             "status_url": f"/spanning-query/{query_id}"}
+
+
+def enabled_config(session, config_id: int | None, config_name: str | None):
+    """The spanner config named by id or name: 404 naming the field when there is none, 409 when it is disabled."""
+    config = get_spanner_config(session, id=config_id) if config_id is not None else \
+        get_spanner_config(session, name=config_name)
+    if config is None:
+        field = "spanner_config_id" if config_id is not None else "spanner_config"
+        wanted = config_id if config_id is not None else config_name
+        raise SpanRequestError(404, f"{field}: no spanner config {wanted!r}")
+    if not config.is_enabled:
+        raise SpanRequestError(409, f"spanner config {config.name!r} is disabled")
+    return config
 
 
 def validate_span_request(config_id, config_name, query_type, query_level, keys,
