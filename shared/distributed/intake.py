@@ -268,8 +268,9 @@ def cancel_span(rt: SpanRuntime, query_id: str) -> dict[str, Any]:
 
 def sweep(rt: SpanRuntime, *, purge: bool = False) -> dict[str, int]:
     """Keep every deadline whatever happened to workers and messages: finalise open queries past their deadline,
-    send the plan message again (at most once per REPLAN_AFTER) for queries accepted but never planned, and (with `purge`) delete results past
-    their retention. Safe in any number of coordinators at once (finalisation is a compare-and-set)."""
+    send the plan message again (at most once per REPLAN_AFTER) for queries accepted but never planned, and (with
+    `purge`) delete results past their retention and give Redis span keys that outlived their span a TTL
+    (SpanStore.expire_leftovers). Safe in any number of coordinators at once (finalisation is a compare-and-set)."""
     now = datetime.fromtimestamp(rt.clock(), tz=timezone.utc)
     with rt.session_factory() as session:
         overdue = overdue_query_ids(session, now=now)
@@ -278,13 +279,15 @@ def sweep(rt: SpanRuntime, *, purge: bool = False) -> dict[str, int]:
     stale = [query_id for query_id in stale if rt.store.claim_replan(query_id, REPLAN_AFTER.total_seconds())]
     for query_id in stale:
         rt.publish(PLAN_SPAN, [query_id], None)
-    purged = 0
+    purged = expired = 0
     if purge:
         with rt.session_factory.begin() as session:
             purged = purge_expired_results(session, now=now)
-    if finalised or stale or purged:
-        log_event(logger, "spanning_sweep", finalised=finalised, replanned=len(stale), purged=purged)
-    return {"finalised": finalised, "replanned": len(stale), "purged": purged}
+        expired = rt.store.expire_leftovers(rt.clock())
+    if finalised or stale or purged or expired:
+        log_event(logger, "spanning_sweep", finalised=finalised, replanned=len(stale), purged=purged,
+                  expired_live_keys=expired)
+    return {"finalised": finalised, "replanned": len(stale), "purged": purged, "expired_live_keys": expired}
 
 
 def _iso(value: datetime | None) -> str | None:

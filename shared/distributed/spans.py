@@ -281,8 +281,8 @@ def _commit(rt: SpanRuntime, plan: Plan | None, result: SpanResult, *, cache_hit
                               keep_until=datetime.fromtimestamp(rt.clock(), tz=timezone.utc) + rt.retention)
     if not won:
         return False
-    rt.store.put_result(result.query_id, data)
-    rt.store.request_stop(result.query_id, f"span {result.status.value}")
+    rt.store.close(result.query_id, data, f"span {result.status.value}",
+                   [source.name for source in plan.sources] if plan is not None else ())
     if plan is not None and not cache_hit:
         _record_health(rt, plan, result)
         if plan.cache_key and result.status is SpanStatus.COMPLETED:

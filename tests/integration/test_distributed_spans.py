@@ -377,7 +377,7 @@ def test_redis_flushed_mid_span_the_sweep_finalises_it_at_the_deadline_from_post
     assert sweep(harness.rt)["finalised"] == 0  # not due yet
 
     harness.clock.advance(30.5)
-    assert sweep(harness.rt) == {"finalised": 1, "replanned": 0, "purged": 0}
+    assert sweep(harness.rt) == {"finalised": 1, "replanned": 0, "purged": 0, "expired_live_keys": 0}
     assert harness.join_sources(timeout=PROMPT)  # the stop flag the finaliser wrote reached the hung task
     harness.fire_delayed()  # the deadline task arrives after the sweep: nothing left to do
     view = describe_span(harness.rt, query_id)
@@ -407,7 +407,7 @@ def test_the_sweep_sends_the_plan_again_for_a_query_never_planned(harness, monke
     assert [m.name for m in harness.broker.drop_ready()] == [PLAN_SPAN]  # the first plan message was lost
     assert sweep(harness.rt)["replanned"] == 0
     harness.clock.advance(21)
-    assert sweep(harness.rt) == {"finalised": 0, "replanned": 1, "purged": 0}
+    assert sweep(harness.rt) == {"finalised": 0, "replanned": 1, "purged": 0, "expired_live_keys": 0}
     assert harness.broker.ready() == [Message(PLAN_SPAN, (query_id,), None)]
     assert sweep(harness.rt)["replanned"] == 0  # at most once per REPLAN_AFTER, not at every sweep
     harness.drain()
@@ -421,7 +421,7 @@ def test_the_sweep_purges_results_past_retention_and_keeps_the_query_log(harness
     harness.drain()
     assert sweep(harness.rt, purge=True)["purged"] == 0
     harness.clock.advance(timedelta(days=7).total_seconds() + 60)
-    assert sweep(harness.rt, purge=True) == {"finalised": 0, "replanned": 0, "purged": 1}
+    assert sweep(harness.rt, purge=True) == {"finalised": 0, "replanned": 0, "purged": 1, "expired_live_keys": 0}
     assert harness.kept_result(query_id) is None and harness.query_log(query_id).status.value == "completed"
     harness.flush_redis()
     view = describe_span(harness.rt, query_id)
@@ -511,3 +511,15 @@ def test_a_query_the_broker_cannot_take_is_refused_with_503_and_closed(harness):
     assert log.status.value == "failed" and not log.is_open
     assert log.error_message == "not queued: the message broker is unavailable (connection refused)"
     assert describe_span(harness.rt, log.query_id)["status"] == "failed"
+
+
+def test_the_purging_sweep_expires_span_keys_written_after_the_span_closed(harness):
+    config = harness.add_config("late", {"A": Script(matches=[study("1.2.1")])})
+    query_id = harness.accept(config)
+    harness.drain()
+    late = harness.rt.store._key(query_id, "m", "A", "2")
+    harness.rt.store.add_answers(query_id, "A", 2, [{"0020000D": {"vr": "UI", "Value": ["1.2.9"]}}])
+    assert harness.rt.store.redis.pttl(late) == -1  # a redelivered attempt's batch after the close
+    assert sweep(harness.rt)["expired_live_keys"] == 0  # only the purging sweep (every 10 min) scans Redis
+    assert sweep(harness.rt, purge=True)["expired_live_keys"] == 1
+    assert 0 < harness.rt.store.redis.pttl(late)

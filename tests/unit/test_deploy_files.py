@@ -1,7 +1,7 @@
 """The deploy/ configuration agrees with itself and with the code: Kibana saved objects, Fluentd, RabbitMQ, Redis.
 
-Static checks read the files; the Redis checks start a throwaway redis-server on a unix socket (no TCP port) with
-deploy/redis/redis.conf, skipped without the binary (failed under AXIOM_REQUIRE_SERVICES=1).
+Static checks read the files; tests/integration/test_redis_eviction.py runs a real redis-server with
+deploy/redis/redis.conf.
 """
 
 from __future__ import annotations
@@ -9,16 +9,9 @@ from __future__ import annotations
 import ast
 import json
 import re
-import shutil
-import subprocess
-import time
 from pathlib import Path
-from typing import Iterator
-
-import pytest
 
 from shared.messaging.contracts import ALL_QUEUES
-from tests.peers import require
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -232,55 +225,3 @@ def test_redis_evicts_only_expiring_keys_and_persists_nothing():
     assert conf["maxmemory-policy"] == "volatile-lru"
     assert re.fullmatch(r"\d+(mb|gb)", conf["maxmemory"])
     assert conf["save"] == '""' and conf["appendonly"] == "no"
-
-
-@pytest.fixture
-def redis_socket(tmp_path: Path) -> Iterator[str]:
-    binary = shutil.which("redis-server")
-    require(binary is not None, "redis-server is not installed (apt-get install redis-server)")
-    sock = tmp_path / "redis.sock"
-    proc = subprocess.Popen([binary, str(DEPLOY / "redis" / "redis.conf"), "--port", "0", "--unixsocket", str(sock),
-                             "--dir", str(tmp_path)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 10
-        while not sock.exists():
-            assert proc.poll() is None, f"redis-server refused deploy/redis/redis.conf: {proc.stderr.read()!r}"
-            assert time.monotonic() < deadline, "redis-server did not start"
-            time.sleep(0.02)
-        yield str(sock)
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-
-
-def test_redis_server_accepts_the_config(redis_socket):
-    import redis
-
-    client = redis.Redis(unix_socket_path=redis_socket, decode_responses=True)
-    assert client.config_get("maxmemory-policy") == {"maxmemory-policy": "volatile-lru"}
-    assert client.config_get("save") == {"save": ""}
-
-
-def test_every_key_axiom_writes_has_a_ttl_so_volatile_lru_can_evict_it(redis_socket):
-    """A key without a TTL is never evicted under volatile-lru: once memory is full, writes fail (OOM) instead."""
-    import redis
-
-    from shared.adapters.redis_cache import RedisCache
-    from shared.distributed.store import SpanStore
-
-    client = redis.Redis(unix_socket_path=redis_socket, decode_responses=True)
-    store, query_id = SpanStore(client, ttl_seconds=60), "q" * 32
-    store.put_plan(query_id, {"sources": ["A"]})
-    store.claim_launches(query_id, 1)
-    attempt = store.start_attempt(query_id, "A", 1.0)
-    store.add_answers(query_id, "A", attempt, [{"0020000D": {"vr": "UI", "Value": ["1.2.3"]}}])
-    store.set_retries(query_id, "A", 1)
-    store.record_outcome(query_id, "A", {"status": "ok"}, attempt)
-    store.release_once(query_id, "A")
-    store.claim_replan(query_id, 5)
-    store.request_stop(query_id, "span completed")
-    store.put_result(query_id, {"status": "completed"})
-    RedisCache(client, prefix="axiom:cache:").set("health:A", {"failures": 0})
-    keys = list(client.scan_iter("axiom:*"))
-    assert len(keys) >= 10
-    assert {key: client.pttl(key) for key in keys if client.pttl(key) <= 0} == {}
