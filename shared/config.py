@@ -56,12 +56,21 @@ class DistributedSettings(BaseSettings):
     model_config = SettingsConfigDict(extra="ignore")
 
     rabbitmq_url: str | None = Field(default=None, alias="RABBITMQ_URL")
+    # RabbitMQ's management HTTP API, where `axiom broker setup` applies the queue policies
+    # (shared.messaging.broker_policy); unset: http://<RABBITMQ_URL's host>:15672.
+    rabbitmq_management_url: str | None = Field(default=None, alias="AXIOM_RABBITMQ_MANAGEMENT_URL")
     redis_url: str | None = Field(default=None, alias="REDIS_URL")
     redis_prefix: str = Field(default="axiom:", alias="AXIOM_REDIS_PREFIX")
     worker_type: str = Field(default="all", alias="WORKER_TYPE")
     worker_concurrency: int = Field(default=8, ge=1, le=512, alias="WORKER_CONCURRENCY")
     live_ttl_seconds: float = Field(default=3600.0, gt=0, alias="AXIOM_LIVE_RESULT_TTL_SECONDS")
     result_retention_days: float = Field(default=7.0, gt=0, alias="AXIOM_RESULT_RETENTION_DAYS")
+
+    @field_validator("rabbitmq_management_url", mode="before")
+    @classmethod
+    def _empty_url_is_unset(cls, value: object) -> object:
+        """An empty AXIOM_RABBITMQ_MANAGEMENT_URL means unset (the default derived from RABBITMQ_URL)."""
+        return None if isinstance(value, str) and not value.strip() else value
 
     def require(self) -> None:
         """ValueError naming the missing variables when the distributed mode cannot run."""
@@ -141,6 +150,33 @@ class MetricsSettings(BaseSettings):
         return None if isinstance(value, str) and not value.strip() else value
 
 
+class GoogleCloudSettings(BaseSettings):
+    """Google Cloud Healthcare sources (kind `google_healthcare`, shared.adapters.google_auth): the API root their
+    DICOMweb URLs are built under (a Private Service Connect endpoint, a proxy, a test server) and the credentials
+    file of Application Default Credentials; unset, ADC looks further (gcloud user credentials, the metadata server).
+    Nothing here is read or probed until a google_healthcare source is queried."""
+
+    model_config = SettingsConfigDict(extra="ignore")
+
+    healthcare_url: str = Field(default="https://healthcare.googleapis.com/v1", pattern=r"^https?://\S+$",
+                                alias="AXIOM_GOOGLE_HEALTHCARE_URL")
+    credentials_file: Path | None = Field(default=None, alias="GOOGLE_APPLICATION_CREDENTIALS")
+
+    @field_validator("healthcare_url", mode="before")
+    @classmethod
+    def _empty_url_is_default(cls, value: object) -> object:
+        """An empty AXIOM_GOOGLE_HEALTHCARE_URL (compose may pass one) is Google's; no slash at the end."""
+        if isinstance(value, str):
+            return value.strip().rstrip("/") or "https://healthcare.googleapis.com/v1"
+        return value
+
+    @field_validator("credentials_file", mode="before")
+    @classmethod
+    def _empty_path_is_unset(cls, value: object) -> object:
+        """An empty GOOGLE_APPLICATION_CREDENTIALS (compose passes `${GOOGLE_APPLICATION_CREDENTIALS:-}`) is unset."""
+        return None if isinstance(value, str) and not value.strip() else value
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(extra="ignore")
 
@@ -151,6 +187,7 @@ class Settings(BaseSettings):
     api: ApiSettings = Field(default_factory=ApiSettings)
     logs: LoggingSettings = Field(default_factory=LoggingSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+    google: GoogleCloudSettings = Field(default_factory=GoogleCloudSettings)
     log_level: str = Field(default="INFO", alias="LOG_LEVEL")
     instance_id: str = Field(default="axiom-1", alias="AXIOM_INSTANCE_ID")
     heartbeat_seconds: float = Field(default=5.0, gt=0, le=3600, alias="AXIOM_HEARTBEAT_SECONDS")

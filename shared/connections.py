@@ -31,6 +31,7 @@ def check_host(value: str) -> str:
     return value.strip()
 
 
+GOOGLE_HEALTHCARE_URL = "https://healthcare.googleapis.com/v1"  # the Cloud Healthcare API's public v1 root
 MAX_TIMEOUT_SECONDS = 86400.0  # a day: longer is a mistake, and far larger values overflow socket timeouts
 MAX_PDU_LENGTH = 2**32 - 1  # the PDU length field is 32 bits (PS3.8 9.3.1)
 
@@ -116,8 +117,15 @@ class GoogleHealthcareConnection(_Connection):
 
     @property
     def base_url(self) -> str:
+        """The store's DICOMweb root under Google's public endpoint (for display; queries use `dicomweb_url` with
+        AXIOM_GOOGLE_HEALTHCARE_URL)."""
+        return self.dicomweb_url(GOOGLE_HEALTHCARE_URL)
+
+    def dicomweb_url(self, api_root: str) -> str:
+        """The store's DICOMweb root under `api_root` (e.g. https://healthcare.googleapis.com/v1): the Healthcare API
+        path projects/{p}/locations/{l}/datasets/{d}/dicomStores/{s}/dicomWeb."""
         return (
-            "https://healthcare.googleapis.com/v1/projects/"
+            f"{api_root.rstrip('/')}/projects/"
             f"{self.project}/locations/{self.location}/datasets/{self.dataset}/dicomStores/{self.dicom_store}/dicomWeb"
         )
 

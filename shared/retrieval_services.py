@@ -17,7 +17,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from shared.adapters.dicomweb_http import TokenProvider
+from shared.adapters.dicomweb_http import GoogleHealthcareAccess
 from shared.adapters.dimse_store import DimseStorePort
 from shared.adapters.retrieve_ports import RoutingRetrievePort
 from shared.db.repo.spanner_configs import SpanPlan
@@ -37,18 +37,19 @@ class _Built:
 
 
 class RetrievalServices:
-    """One RetrievalService per spanner config id (thread-safe)."""
+    """One RetrievalService per spanner config id (thread-safe). `google`: Google Cloud Healthcare access for WADO-RS
+    (default: the process's, shared.adapters.google_auth.google_healthcare_access)."""
 
     def __init__(self, *, span_client, calling_ae_title: str, self_ae_title: str | None = None,
                  inbox: Inbox | None = None, spool_dir: Path | None = None, spool_max_bytes: int = 512 * 2**20,
                  locate_cache_seconds: float = LOCATE_CACHE_SECONDS,
-                 token_provider: TokenProvider | None = None) -> None:
+                 google: GoogleHealthcareAccess | None = None) -> None:
         self._client = span_client
         self._self_ae, self.inbox = self_ae_title, inbox
         self._spool_dir = Path(spool_dir) if spool_dir else Path(tempfile.gettempdir()) / "axiom-spool"
         self._spool_max, self._cache_seconds = spool_max_bytes, locate_cache_seconds
         # Public: callers reach a DICOMweb source's WADO-RS metadata through it (port_for(source).metadata).
-        self.retrieve_port = RoutingRetrievePort(token_provider=token_provider)
+        self.retrieve_port = RoutingRetrievePort(google=google)
         self._store_port = DimseStorePort(ae_title=calling_ae_title)
         self._lock = threading.Lock()
         self._services: dict[int, _Built] = {}

@@ -19,6 +19,7 @@ from fastapi import Depends, FastAPI, HTTPException, Request, status
 from fastapi.concurrency import run_in_threadpool
 
 from services.api.store_scp import ApiStoreScp
+from shared.adapters.google_auth import google_healthcare_access
 from shared.retrieval.inbox import Inbox
 from shared.retrieval_services import RetrievalServices
 
@@ -70,7 +71,8 @@ def get_retrievals(request: Request) -> RetrievalServices:
             services = state.retrievals = RetrievalServices(
                 span_client=client, calling_ae_title=scp.calling_ae_title,
                 self_ae_title=store.ae_title if store else None, inbox=store.inbox if store else None,
-                spool_dir=scp.spool_dir, spool_max_bytes=int(scp.spool_max_mb * 2**20))
+                spool_dir=scp.spool_dir, spool_max_bytes=int(scp.spool_max_mb * 2**20),
+                google=google_healthcare_access(state.settings))
     return services
 
 

@@ -16,6 +16,8 @@ from typing import NoReturn
 from fastapi import FastAPI, HTTPException, Request, status
 from fastapi.concurrency import run_in_threadpool
 
+from shared.adapters.google_auth import google_healthcare_access
+from shared.adapters.query_ports import build_query_ports
 from shared.db.repo.spanner_configs import SpanPlan, list_spanner_configs, load_span_plan
 from shared.security.networks import address_allowed
 from shared.span_client import InProcessSpanClient
@@ -27,10 +29,13 @@ WADO = ("supports_wado", "WADO-RS")
 
 @asynccontextmanager
 async def span_client_lifespan(app: FastAPI):
-    """Give the app a span client for its life unless it has one already (e.g. a distributed client)."""
+    """Give the app a span client for its life unless it has one already (e.g. a distributed client); its query
+    ports reach Google Cloud Healthcare sources with the app's settings (AXIOM_GOOGLE_HEALTHCARE_URL, ADC)."""
     owned = None
     if getattr(app.state, "span_client", None) is None:
-        owned = app.state.span_client = InProcessSpanClient(session_factory=app.state.session_factory)
+        google = google_healthcare_access(app.state.settings)
+        owned = app.state.span_client = InProcessSpanClient(
+            session_factory=app.state.session_factory, ports_factory=lambda: build_query_ports(google=google))
     try:
         yield
     finally:

@@ -7,7 +7,9 @@ import sys
 
 import typer
 
-from services.cli import apikey_cmd, config_cmd, demo_cmd, find_cmd, pacs_sim_cmd, span_cmd, stack_cmd, user_cmd
+from services.cli import (
+    apikey_cmd, broker_cmd, config_cmd, demo_cmd, find_cmd, pacs_sim_cmd, span_cmd, stack_cmd, user_cmd,
+)
 from shared.logging import configure_logging
 
 app = typer.Typer(
@@ -17,7 +19,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-for module in (find_cmd, config_cmd, apikey_cmd, user_cmd, demo_cmd, pacs_sim_cmd, span_cmd, stack_cmd):
+for module in (find_cmd, config_cmd, apikey_cmd, user_cmd, demo_cmd, pacs_sim_cmd, span_cmd, stack_cmd, broker_cmd):
     module.register(app)
 
 

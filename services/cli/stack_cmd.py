@@ -2,8 +2,10 @@
 
 The plan comes from the compose files (services/cli/stack_plan.py), the supervision from services/cli/stack.py.
 PostgreSQL, Redis and RabbitMQ are the ones DATABASE_URL, REDIS_URL and RABBITMQ_URL name (and SECRET_KEY signs
-tokens): all four are required. The one-shots run first (`migrate`: `upgrade_to_head`, in this process), then
-every long-running service in dependency order.
+tokens): all four are required. The one-shots run first (`migrate`: `upgrade_to_head`, in this process;
+`broker-setup`: `axiom broker setup` as a process, so RabbitMQ's management API must answer, at
+AXIOM_RABBITMQ_MANAGEMENT_URL or port 15672 of RABBITMQ_URL's host), then every long-running service in dependency
+order.
 """
 
 from __future__ import annotations
@@ -72,7 +74,8 @@ def up(
     grace: float = typer.Option(10.0, "--grace", min=0.0, help="seconds between SIGTERM and SIGKILL at shutdown"),
     colour: Optional[bool] = typer.Option(None, "--color/--no-color", help="colour the prefixes (default: on a tty)"),
 ) -> None:
-    """Run migrations, then every Axiom service of the compose files, until Ctrl-C (or SIGTERM)."""
+    """Run the one-shots (schema migration, broker policies), then every Axiom service of the compose files, until
+    Ctrl-C (or SIGTERM)."""
     environ = dict(os.environ)
     with user_errors(environ.get("DATABASE_URL")):
         check_environment(environ)

@@ -12,9 +12,10 @@ The service list, commands, environment, ports, dependencies and restart policie
 * services built from an image only (`db`, `redis`, `rabbitmq`, `fluentd`, ...) are infrastructure: the stack uses
   the servers named by DATABASE_URL / REDIS_URL / RABBITMQ_URL instead (STACK_VARIABLES, always taken from the
   caller, whatever the compose file says);
-* a one-shot (a service another one depends on with `condition: service_completed_successfully`, e.g. `migrate`)
-  runs to completion first; `alembic upgrade head` / `axiom db upgrade` run in-process as
-  `shared.db.migrations.upgrade_to_head`, the same code;
+* a one-shot (a service another one depends on with `condition: service_completed_successfully`: `migrate`,
+  `broker-setup`) runs to completion first, in dependency order; `alembic upgrade head` / `axiom db upgrade` run
+  in-process as `shared.db.migrations.upgrade_to_head`, the same code, any other one-shot as a process
+  (`broker-setup`: `axiom broker setup`, which needs RabbitMQ's management API);
 * a service's command is its compose `command`, else the CMD of its `build.dockerfile`; `python -m X` runs with this
   interpreter (`sys.executable`);
 * the first published port (`"8001:80"`) becomes the service's listen port (host side + port offset), set through
@@ -72,7 +73,8 @@ class ProcessSpec:
 
 @dataclass(frozen=True)
 class OneShot:
-    """A one-shot service run to completion before the others (`migrate`); argv None = in-process migration."""
+    """A one-shot service run to completion before the others (`migrate`, `broker-setup`); argv None = in-process
+    migration."""
 
     service: str
     argv: tuple[str, ...] | None

@@ -23,6 +23,7 @@ from services.listener.handlers import ScpHandlers
 from services.listener.retrieve_handlers import RetrieveHandlers
 from services.listener.retrieve_scp import RetrieveScp
 from services.listener.server import build_ae, start_server
+from shared.adapters.google_auth import google_healthcare_access
 from shared.config import Settings
 from shared.db.models import ServiceKind
 from shared.db.session import make_engine, make_sessionmaker
@@ -59,7 +60,8 @@ class Listener:
                                     inbox=self.inbox)
         self.retrievals = RetrievalServices(
             span_client=self.client, calling_ae_title=scp.calling_ae_title, self_ae_title=scp.ae_title,
-            inbox=self.inbox, spool_dir=scp.spool_dir, spool_max_bytes=int(scp.spool_max_mb * 2**20))
+            inbox=self.inbox, spool_dir=scp.spool_dir, spool_max_bytes=int(scp.spool_max_mb * 2**20),
+            google=google_healthcare_access(settings))
         retrieve = RetrieveHandlers(gate=self.gate, plans=self.handlers.plan, services=self.retrievals,
                                     session_factory=session_factory)
         self.retrieve_scp = RetrieveScp(move=retrieve.move, get=retrieve.get)

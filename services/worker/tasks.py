@@ -15,6 +15,7 @@ from celery import Celery
 from kombu.exceptions import OperationalError as BrokerError
 from sqlalchemy.exc import OperationalError as DatabaseError
 
+from shared.adapters.google_auth import google_healthcare_access
 from shared.adapters.query_ports import QueryPorts, build_query_ports
 from shared.config import Settings
 from shared.distributed.runtime import SpanRuntime, build_runtime
@@ -35,7 +36,8 @@ class WorkerState:
                  ports_factory: Callable[[], QueryPorts] | None = None) -> None:
         self._app, self._settings, self._lock = app, settings, threading.Lock()
         self._ports_factory = ports_factory or (
-            lambda: build_query_ports(calling_ae_title=settings.scp.calling_ae_title))
+            lambda: build_query_ports(calling_ae_title=settings.scp.calling_ae_title,
+                                      google=google_healthcare_access(settings)))
         self._runtime: SpanRuntime | None = None
         self._ports: QueryPorts | None = None
 

@@ -42,8 +42,9 @@ from pydicom import Dataset, datadict
 from pydicom.dataelem import DataElement
 from pydicom.multival import MultiValue
 
-from shared.adapters.dicomweb_http import (  # TokenProvider: re-exported for the port's users
-    HttpClients, TokenProvider, auth_headers, response_socket, safe_url, service_url, shutdown_socket, status_error,
+from shared.adapters.dicomweb_http import (  # GoogleHealthcareAccess: re-exported for the port's users
+    GoogleHealthcareAccess, HttpClients, auth_headers, response_socket, safe_url, service_url, shutdown_socket,
+    status_error,
 )
 from shared.dicom.dicom_json import DicomJsonError, datasets_from_json
 from shared.dicom.levels import QueryLevel
@@ -200,13 +201,13 @@ def _add_counts(patient: Dataset, study: Dataset, identifier: Dataset) -> None:
 class QidoQueryPort:
     """QIDO-RS QueryPort for sources of kind "dicomweb" and "google_healthcare".
 
-    `token_provider` returns a bearer token for Google Cloud Healthcare sources (no Google libraries here);
-    without one such a source fails with QueryFailedError. `transport` is for tests (httpx.MockTransport).
+    `google` gives Google Cloud Healthcare sources their API root and bearer tokens (no Google libraries here);
+    without it such a source fails with QueryFailedError. `transport` is for tests (httpx.MockTransport).
     """
 
-    def __init__(self, *, token_provider: TokenProvider | None = None,
+    def __init__(self, *, google: GoogleHealthcareAccess | None = None,
                  transport: httpx.BaseTransport | None = None) -> None:
-        self._token_provider = token_provider
+        self._google = google
         self._clients = HttpClients(transport=transport, name="DICOMweb query port")
 
     def close(self) -> None:
@@ -221,10 +222,11 @@ class QidoQueryPort:
 
     def find(self, request: SpanRequest, source: SourceSpec, cancel: CancelToken) -> FindStream:
         """QIDO-RS search for `request` at `source`: yields matches, returns FindSummary|None (see module doc)."""
-        headers = {"Accept": "application/dicom+json", **auth_headers(source, self._token_provider)}
+        headers = {"Accept": "application/dicom+json", **auth_headers(source, self._google)}
         conn = source.connection
         query = qido_query(request, max_results=source.max_results)
-        url = service_url(conn, "qido_prefix", query.path, query.query_string if query.params else "")
+        url = service_url(conn, "qido_prefix", query.path, query.query_string if query.params else "",
+                          google=self._google)
         if cancel.cancelled:
             return None
         exchange = _Exchange(self._clients.get(getattr(conn, "verify_tls", True)), url, headers, conn.timeout,

@@ -10,16 +10,28 @@ from __future__ import annotations
 import base64
 import socket
 import threading
+from dataclasses import dataclass
 from typing import Callable
 
 import httpx
 
-from shared.connections import DicomwebConnection, GoogleHealthcareConnection
+from shared.connections import GOOGLE_HEALTHCARE_URL, DicomwebConnection, GoogleHealthcareConnection
 from shared.spanning.model import SourceSpec
 from shared.spanning.ports import QueryFailedError, SourceError, TransportError
 
 TokenProvider = Callable[[], str]
 DicomwebConnections = DicomwebConnection | GoogleHealthcareConnection
+
+
+@dataclass(frozen=True)
+class GoogleHealthcareAccess:
+    """How the DICOMweb adapters reach Google Cloud Healthcare stores: `token_provider` returns an OAuth 2.0 access
+    token (shared.adapters.google_auth.GoogleTokenProvider; raises SourceError with the reason when it cannot), and
+    `api_root` is the API root the stores' DICOMweb paths are built under (AXIOM_GOOGLE_HEALTHCARE_URL). No Google
+    library is needed here."""
+
+    token_provider: TokenProvider
+    api_root: str = GOOGLE_HEALTHCARE_URL
 
 
 def dicomweb_connection(source: SourceSpec) -> DicomwebConnections:
@@ -31,15 +43,20 @@ def dicomweb_connection(source: SourceSpec) -> DicomwebConnections:
     return conn
 
 
-def auth_headers(source: SourceSpec, token_provider: TokenProvider | None) -> dict[str, str]:
-    """The Authorization (or API-key) header for `source`: its DicomwebAuth, or a bearer token from
-    `token_provider` for Google Cloud Healthcare (QueryFailedError without one)."""
+def auth_headers(source: SourceSpec, google: GoogleHealthcareAccess | None) -> dict[str, str]:
+    """The Authorization (or API-key) header for `source`: its DicomwebAuth, or for Google Cloud Healthcare a bearer
+    token from `google` (RFC 6750 2.1). Without `google`, or when no token can be had, the source's error names it
+    and the reason (the provider's SourceError kind is kept: a token endpoint that is down is worth a retry)."""
     conn = dicomweb_connection(source)
     if isinstance(conn, GoogleHealthcareConnection):
-        if token_provider is None:
+        if google is None:
             raise QueryFailedError(f"{source.name}: Google Cloud Healthcare needs a token provider (no Google "
                                    "credentials are configured)")
-        return {"Authorization": f"Bearer {token_provider()}"}
+        try:
+            token = google.token_provider()
+        except SourceError as exc:
+            raise type(exc)(f"{source.name}: no Google access token: {exc}") from None
+        return {"Authorization": f"Bearer {token}"}
     auth = conn.auth
     if auth.type == "basic":
         raw = f"{auth.username}:{auth.password}".encode("utf-8")
@@ -51,11 +68,19 @@ def auth_headers(source: SourceSpec, token_provider: TokenProvider | None) -> di
     return {}
 
 
-def service_url(conn: DicomwebConnections, prefix_field: str, path: str, query_string: str = "") -> httpx.URL:
-    """`path` (e.g. "studies/1.2.3") under the connection's base URL and its `prefix_field` prefix (qido_prefix,
-    wado_prefix; Google Healthcare has none), with `query_string` kept exactly as given."""
+def dicomweb_root(conn: DicomwebConnections, google: GoogleHealthcareAccess | None) -> str:
+    """The connection's DICOMweb base URL; a Google Cloud Healthcare store's is under `google.api_root`."""
+    if isinstance(conn, GoogleHealthcareConnection):
+        return conn.dicomweb_url(google.api_root if google is not None else GOOGLE_HEALTHCARE_URL)
+    return conn.base_url
+
+
+def service_url(conn: DicomwebConnections, prefix_field: str, path: str, query_string: str = "", *,
+                google: GoogleHealthcareAccess | None = None) -> httpx.URL:
+    """`path` (e.g. "studies/1.2.3") under the connection's base URL (dicomweb_root) and its `prefix_field` prefix
+    (qido_prefix, wado_prefix; Google Healthcare has none), with `query_string` kept exactly as given."""
     prefix = getattr(conn, prefix_field, "").strip("/")
-    base = httpx.URL(conn.base_url.rstrip("/") + "/" + (prefix + "/" if prefix else "") + path)
+    base = httpx.URL(dicomweb_root(conn, google).rstrip("/") + "/" + (prefix + "/" if prefix else "") + path)
     raw = base.raw_path + (b"?" + query_string.encode("ascii") if query_string else b"")
     # raw_path keeps our minimal encoding; httpx would percent-encode `^` (Orthanc then matches nothing).
     return base.copy_with(raw_path=raw)

@@ -48,8 +48,8 @@ import httpx
 from pydicom import Dataset
 
 from shared.adapters.dicomweb_http import (
-    DicomwebConnections, HttpClients, TokenProvider, auth_headers, dicomweb_connection, response_socket, safe_url,
-    service_url, shutdown_socket, status_error,
+    DicomwebConnections, GoogleHealthcareAccess, HttpClients, auth_headers, dicomweb_connection, response_socket,
+    safe_url, service_url, shutdown_socket, status_error,
 )
 from shared.dicom.dicom_json import DicomJsonError, json_objects
 from shared.dicom.levels import QueryLevel
@@ -164,13 +164,13 @@ def _widen_reads(stream: object) -> None:
 class WadoRetrievePort:
     """WADO-RS RetrievePort for sources of kind "dicomweb" and "google_healthcare" (see module doc).
 
-    `token_provider` returns bearer tokens for Google Cloud Healthcare; `transport` is for tests
+    `google` gives Google Cloud Healthcare sources their API root and bearer tokens; `transport` is for tests
     (httpx.MockTransport). Safe to share between threads; `close()` closes its HTTP clients.
     """
 
-    def __init__(self, *, token_provider: TokenProvider | None = None,
+    def __init__(self, *, google: GoogleHealthcareAccess | None = None,
                  transport: httpx.BaseTransport | None = None) -> None:
-        self._token_provider = token_provider
+        self._google = google
         self._clients = HttpClients(transport=transport, keepalive=False, name="WADO-RS retrieve port")
 
     def close(self) -> None:
@@ -195,12 +195,13 @@ class WadoRetrievePort:
         RetrieveProgress per instance, returns the RetrieveOutcome (see module doc)."""
         conn = dicomweb_connection(source)
         resources = wado_resources(request)
-        headers = {"Accept": ACCEPT_DICOM, **auth_headers(source, self._token_provider)}
         tally, missing = Tally(), []
         for resource in resources:
             if cancel.cancelled:
                 break
-            url = service_url(conn, "wado_prefix", resource.path)
+            # Per resource: a long retrieval outlives an access token, the provider hands out a fresh one.
+            headers = {"Accept": ACCEPT_DICOM, **auth_headers(source, self._google)}
+            url = service_url(conn, "wado_prefix", resource.path, google=self._google)
             started = time.monotonic()
             delivered = yield from self._retrieve(source, conn, url, headers, sink, cancel, tally)
             if delivered == 0 and not cancel.cancelled:
@@ -220,8 +221,8 @@ class WadoRetrievePort:
         path = f"studies/{_uid_segment('StudyInstanceUID', study_uid)}"
         if series_uid is not None:
             path += f"/series/{_uid_segment('SeriesInstanceUID', series_uid)}"
-        url = service_url(conn, "wado_prefix", path + "/metadata")
-        headers = {"Accept": ACCEPT_JSON, **auth_headers(source, self._token_provider)}
+        url = service_url(conn, "wado_prefix", path + "/metadata", google=self._google)
+        headers = {"Accept": ACCEPT_JSON, **auth_headers(source, self._google)}
         try:
             with self._open(source, conn, url, headers, cancel) as response:
                 if response is None:

@@ -19,6 +19,7 @@ from pynetdicom import AE, evt
 from pynetdicom.association import Association
 
 from shared.adapters.dimse_network import disable_nagle
+from shared.adapters.dimse_reactor import gate_reactor
 from shared.connections import DimseConnection
 from shared.dicom.levels import InformationModel, QueryLevel
 from shared.spanning.model import SourceSpec
@@ -229,7 +230,8 @@ class AssociationPool:
 def request_association(associate: Callable[[list], Association], source: SourceSpec, conn: DimseConnection,
                         cancel: CancelToken, *, refused: Callable[[Association], None] | None = None) -> Association:
     """Request an association (PS3.8 7.1.1) through `associate(evt_handlers)` (an AE.associate call given these
-    handlers), with TCP_NODELAY set. A cancel while the peer has not answered the A-ASSOCIATE-RQ drops the socket
+    handlers), with TCP_NODELAY set and the reactor gated (dimse_reactor.py: no response is lost to pynetdicom's
+    reactor thread). A cancel while the peer has not answered the A-ASSOCIATE-RQ drops the socket
     and raises AssociationCancelled (an association established just as the cancel landed is aborted: its socket may
     already be shut). Refused, rejected or aborted -> TransportError naming the reason; `refused` may raise a more
     precise error for a failed association first."""
@@ -237,6 +239,7 @@ def request_association(associate: Callable[[list], Association], source: Source
 
     def on_open(event: evt.Event) -> None:
         disable_nagle(event)
+        gate_reactor(event.assoc)  # before the association is established: its reactor starts only then
         opened.append(event.assoc)
 
     def on_cancel() -> None:

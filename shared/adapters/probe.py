@@ -4,7 +4,9 @@
   (request_association, so refusals are worded as for queries), then C-ECHO (Verification SOP Class, PS3.7 9.1.5,
   PS3.4 Annex A); reachable when the status is Success (0x0000).
 - DICOMweb (kinds "dicomweb", "google_healthcare"): `GET {qido root}/studies?limit=1` (PS3.18 10.6) through
-  QidoQueryPort, with the source's authentication; reachable on any 2xx answer (including 204, an empty archive).
+  QidoQueryPort, with the source's authentication (a google_healthcare source's access token comes from `google`,
+  default shared.adapters.google_auth.google_healthcare_access(): no credentials is an unreachable result saying
+  why); reachable on any 2xx answer (including 204, an empty archive).
 
 `probe_sources` runs every probe in parallel and returns one ProbeResult per source, in the order given; latency is
 the whole round trip (connect + association/request + answer). A probe still running at the deadline is cancelled
@@ -24,13 +26,14 @@ from pynetdicom import AE
 from pynetdicom.association import Association
 from pynetdicom.sop_class import Verification
 
-from shared.adapters.dicomweb import QidoQueryPort
+from shared.adapters.dicomweb import GoogleHealthcareAccess, QidoQueryPort
 from shared.adapters.dimse_association import (
     AssociationCancelled,
     abort_and_wake,
     dimse_connection,
     request_association,
 )
+from shared.adapters.google_auth import google_healthcare_access
 from shared.dicom.levels import QueryLevel
 from shared.spanning.model import SourceSpec, SpanRequest
 from shared.spanning.ports import CancelToken, SourceError
@@ -92,12 +95,13 @@ def _echo(assoc: Association, cancel: CancelToken) -> str | None:
 
 
 def query_dicomweb(source: SourceSpec, cancel: CancelToken | None = None,
-                   port: QidoQueryPort | None = None) -> ProbeResult:
-    """QIDO-RS `GET studies?limit=1` at the DICOMweb source (PS3.18 10.6); never raises."""
+                   port: QidoQueryPort | None = None, google: GoogleHealthcareAccess | None = None) -> ProbeResult:
+    """QIDO-RS `GET studies?limit=1` at the DICOMweb source (PS3.18 10.6), on `port` or a port of its own with
+    `google` (default: the process's google_healthcare_access()); never raises."""
     cancel = cancel or CancelToken()
     started = time.monotonic()
     owned = port is None
-    port = port or QidoQueryPort()
+    port = port or QidoQueryPort(google=google or google_healthcare_access())
     request = SpanRequest(level=QueryLevel.STUDY, identifier=Dataset(), query_type="PROBE")
     try:
         stream = port.find(request, dataclasses.replace(source, max_results=0), cancel)  # limit=max_results+1
@@ -114,18 +118,20 @@ def query_dicomweb(source: SourceSpec, cancel: CancelToken | None = None,
     return _result(source, started, error)
 
 
-def probe_source(source: SourceSpec, cancel: CancelToken | None = None) -> ProbeResult:
+def probe_source(source: SourceSpec, cancel: CancelToken | None = None,
+                 google: GoogleHealthcareAccess | None = None) -> ProbeResult:
     """C-ECHO for a DIMSE source, a QIDO-RS probe for a DICOMweb one (see the module doc)."""
     if source.kind == "dimse":
         return echo_dimse(source, cancel)
     if source.kind in DICOMWEB_KINDS:
-        return query_dicomweb(source, cancel)
+        return query_dicomweb(source, cancel, google=google)
     return ProbeResult(source.name, source.kind, False, None, f"cannot probe a source of kind {source.kind!r}")
 
 
-def probe_sources(sources: Sequence[SourceSpec], *,
-                  deadline_seconds: float = DEFAULT_DEADLINE_SECONDS) -> list[ProbeResult]:
-    """Probe every source in parallel (one thread each); results in the order of `sources`.
+def probe_sources(sources: Sequence[SourceSpec], *, deadline_seconds: float = DEFAULT_DEADLINE_SECONDS,
+                  google: GoogleHealthcareAccess | None = None) -> list[ProbeResult]:
+    """Probe every source in parallel (one thread each); results in the order of `sources`. `google`: Google Cloud
+    Healthcare access for google_healthcare sources (default: the process's).
 
     A probe not finished after `deadline_seconds` is cancelled and reported unreachable with that reason.
     """
@@ -134,7 +140,7 @@ def probe_sources(sources: Sequence[SourceSpec], *,
     tokens = [CancelToken() for _ in sources]
     pool = ThreadPoolExecutor(max_workers=len(sources), thread_name_prefix="axiom-probe")
     try:
-        futures = [pool.submit(probe_source, source, token) for source, token in zip(sources, tokens)]
+        futures = [pool.submit(probe_source, source, token, google) for source, token in zip(sources, tokens)]
         wait(futures, timeout=deadline_seconds)
         results = []
         for source, token, future in zip(sources, tokens, futures):

@@ -13,8 +13,9 @@ import threading
 from types import TracebackType
 from typing import Callable, Iterator, Mapping
 
-from shared.adapters.dicomweb import QidoQueryPort, TokenProvider
+from shared.adapters.dicomweb import GoogleHealthcareAccess, QidoQueryPort
 from shared.adapters.dimse_scu import DimseQueryPort
+from shared.adapters.google_auth import google_healthcare_access
 from shared.spanning.ports import QueryPort
 
 logger = logging.getLogger(__name__)
@@ -62,21 +63,22 @@ class QueryPorts(Mapping[str, QueryPort]):
         self.close()
 
 
-def build_query_ports(*, calling_ae_title: str = "AXIOM", token_provider: TokenProvider | None = None,
+def build_query_ports(*, calling_ae_title: str = "AXIOM", google: GoogleHealthcareAccess | None = None,
                       cancel_grace_seconds: float = 1.0) -> QueryPorts:
     """QueryPorts for "dimse" (C-FIND SCU), "dicomweb" and "google_healthcare" (one QIDO port).
 
     Long-lived owners (the span client) keep one for their life, so DIMSE associations and HTTP connections are
     reused across spans; a one-off caller can use it for a single span and close it.
 
-    `calling_ae_title` is the default for DIMSE connections without their own; `token_provider` supplies bearer
-    tokens for Google Cloud Healthcare sources.
+    `calling_ae_title` is the default for DIMSE connections without their own; `google` gives Google Cloud
+    Healthcare sources their API root and bearer tokens (default: shared.adapters.google_auth.google_healthcare_access
+    of the process's settings, taken when the DICOMweb port is first built; it loads no credentials by itself).
     """
 
     def dimse() -> QueryPort:
         return DimseQueryPort(ae_title=calling_ae_title, cancel_grace_seconds=cancel_grace_seconds)
 
     def qido() -> QueryPort:
-        return QidoQueryPort(token_provider=token_provider)
+        return QidoQueryPort(google=google or google_healthcare_access())
 
     return QueryPorts({"dimse": dimse, "dicomweb": qido, "google_healthcare": qido})

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 from types import TracebackType
 
-from shared.adapters.dicomweb_http import TokenProvider
+from shared.adapters.dicomweb_http import GoogleHealthcareAccess
 from shared.adapters.dicomweb_retrieve import WadoRetrievePort
 from shared.adapters.dimse_retrieve import DimseRetrievePort
+from shared.adapters.google_auth import google_healthcare_access
 from shared.retrieval.model import RetrieveRequest
 from shared.retrieval.ports import InstanceSink, RetrievePort, RetrieveStream
 from shared.spanning.model import SourceSpec
@@ -20,12 +21,15 @@ DICOMWEB_KINDS = ("dicomweb", "google_healthcare")
 
 class RoutingRetrievePort:
     """A RetrievePort that hands each call to the port of the source's kind (`source.kind`, the same value as
-    `source.connection.kind`). An unknown kind is a QueryFailedError naming it. Safe to share between threads."""
+    `source.connection.kind`). An unknown kind is a QueryFailedError naming it. Safe to share between threads.
+
+    `google`: Google Cloud Healthcare's API root and tokens for the WADO-RS port (default: google_healthcare_access()
+    of the process's settings; loads no credentials by itself)."""
 
     def __init__(self, *, dimse: RetrievePort | None = None, dicomweb: RetrievePort | None = None,
-                 token_provider: TokenProvider | None = None) -> None:
+                 google: GoogleHealthcareAccess | None = None) -> None:
         self._dimse = dimse or DimseRetrievePort()
-        self._dicomweb = dicomweb or WadoRetrievePort(token_provider=token_provider)
+        self._dicomweb = dicomweb or WadoRetrievePort(google=google or google_healthcare_access())
 
     def port_for(self, source: SourceSpec) -> RetrievePort:
         """The port serving `source`'s kind."""

@@ -4,7 +4,9 @@ Own infrastructure (tests.peers.services): an EMPTY database (the stack's `migra
 a Redis index and a RabbitMQ vhost. The stack runs with `--scale dimse-query-worker=2` and a port offset that makes
 8001/8002/11114 free loopback ports. Checked: both HTTP services' /health, the services status listing the two
 query workers and the listener healthy (their heartbeats), a spanning query through the coordinator against a PACS
-simulator, a C-ECHO to the listener, and SIGINT stopping the stack with every child gone and exit code 0.
+simulator, a C-ECHO to the listener, and SIGINT stopping the stack with every child gone and exit code 0. The
+one-shot `broker-setup` (`axiom broker setup`, a process) must have put the queue-limit policy into the stack's
+vhost through RabbitMQ's management API, which this test therefore needs too.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import secrets
 import signal
 import socket
@@ -30,7 +33,8 @@ from shared.db.models import Role
 from shared.db.session import make_engine, make_sessionmaker, session_scope
 from shared.security.api_keys import create_api_key
 from tests.peers.services import (
-    STACK_VARIABLES, PostgresDatabase, RabbitVhost, RedisIndex, require_stack_services,
+    RABBITMQ_MANAGEMENT_URL, RABBITMQ_PASSWORD, RABBITMQ_USER, STACK_VARIABLES, PostgresDatabase, RabbitVhost,
+    RedisIndex, require_broker_management, require_stack_services,
 )
 
 pytestmark = pytest.mark.integration
@@ -57,12 +61,16 @@ def free_offset() -> int:
 @pytest.fixture()
 def infrastructure(tmp_path):
     require_stack_services()
+    require_broker_management()
     database, redis_index, vhost = PostgresDatabase("axiom_stack"), RedisIndex(), RabbitVhost("axiom-stack")
     try:
         database.create(migrate=False)  # migrating it is the stack's job
         redis_index.claim()
         vhost.create()
         env = {k: v for k, v in os.environ.items() if k not in STACK_VARIABLES}
+        env.pop("AXIOM_RABBITMQ_MANAGEMENT_URL", None)
+        if "AXIOM_TEST_RABBITMQ_MANAGEMENT_URL" in os.environ:
+            env["AXIOM_RABBITMQ_MANAGEMENT_URL"] = RABBITMQ_MANAGEMENT_URL
         env.update(DATABASE_URL=database.url, REDIS_URL=redis_index.url, RABBITMQ_URL=vhost.url,
                    SECRET_KEY=secrets.token_hex(32), AXIOM_HEARTBEAT_SECONDS="1", LOG_LEVEL="WARNING",
                    AXIOM_DATA_DIR=str(tmp_path / "data"), WORKER_CONCURRENCY="2", COLUMNS="160")
@@ -126,6 +134,7 @@ def test_stack_up_runs_the_compose_topology_and_stops_on_sigint(infrastructure, 
         try:
             for url in (api_url, coordinator_url):
                 wait_until(lambda: httpx.get(f"{url}/health", timeout=2).status_code == 200, 45, f"{url}/health", log)
+            assert_broker_policy(env, log)
             pids = started_pids(log)
             assert set(pids) == {"api", "spanner-coordinator", "dimse-query-worker-1", "dimse-query-worker-2",
                                  "spanning-aggregator", "dimse-scp-listener"}, log.read_text()[-3000:]
@@ -152,6 +161,20 @@ def test_stack_up_runs_the_compose_topology_and_stops_on_sigint(infrastructure, 
     assert code == 0, text_out[-4000:]
     assert not [label for label, pid in started_pids(log).items() if alive(pid)], text_out[-3000:]
     assert "did not stop" not in text_out and "| stopped: api (" in text_out
+
+
+def assert_broker_policy(env: dict[str, str], log: Path) -> None:
+    """The one-shot broker-setup ran before the services (its output is in the log) and left the policy of
+    deploy/rabbitmq/definitions.json in the stack's vhost."""
+    vhost = env["RABBITMQ_URL"].rsplit("/", 1)[1]
+    text = log.read_text()
+    applied = re.search(r"^broker-setup +\| created +policy spanning-limits$", text, re.M)
+    started = re.search(r"^\[stack\] +\| api started \(pid", text, re.M)
+    assert applied and started and applied.start() < started.start(), text[-3000:]
+    answer = httpx.get(f"{RABBITMQ_MANAGEMENT_URL}/api/policies/{vhost}", auth=(RABBITMQ_USER, RABBITMQ_PASSWORD),
+                       timeout=10)
+    assert [(p["name"], p["definition"]) for p in answer.json()] == [
+        ("spanning-limits", {"max-length": 10000, "overflow": "reject-publish"})], answer.text
 
 
 def provision(env: dict[str, str], sim: PacsSimulator, log: Path) -> str:

@@ -12,6 +12,8 @@ from pydicom import Dataset
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind
 
+from services.pacs_sim import PacsSimulator
+from services.pacs_sim.catalog import generate_catalog
 from shared.adapters.dimse_scu import DimseQueryPort
 from shared.connections import DimseConnection
 from shared.dicom.levels import InformationModel, QueryLevel
@@ -140,6 +142,57 @@ def test_the_idle_pool_keeps_at_most_max_idle_per_source(two_orthancs) -> None:
         while port.open_associations > 1 and time.monotonic() < deadline:
             time.sleep(0.02)
         assert port.open_associations == 1
+
+
+class LateReactor:
+    """Wraps an association's reactor checkpoint: each time pynetdicom's reactor thread passes its wait() without
+    blocking, it is held for `hold` seconds before it polls the DIMSE queue, as when it loses the GIL there in a busy
+    worker process (shared/adapters/dimse_reactor.py). Everything else is the real association."""
+
+    def __init__(self, assoc, hold: float) -> None:
+        self._inner, self._reactor, self._hold = assoc._reactor_checkpoint, assoc, hold
+
+    def is_set(self) -> bool:
+        return self._inner.is_set()
+
+    def set(self) -> None:
+        self._inner.set()
+
+    def clear(self) -> None:
+        self._inner.clear()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        passing = self._inner.is_set()
+        result = self._inner.wait(timeout)
+        if passing and threading.current_thread() is self._reactor:
+            time.sleep(self._hold)
+        return result
+
+
+def test_a_late_reactor_thread_takes_no_response_of_a_pooled_association() -> None:
+    """pynetdicom's reactor, paused by send_c_find while returning from its checkpoint, took a C-FIND response off
+    the queue and dropped it: an answer one match short with Success, or no final response at all."""
+    catalog = generate_catalog(5, studies=10, patients=5, series_per_study=1, instances_per_series=1)
+    request = SpanRequest(QueryLevel.STUDY, ident(StudyInstanceUID="", PatientID=""))
+    with PacsSimulator("sim", "SIM_LATE", catalog) as sim, DimseQueryPort() as port:
+        src = SourceSpec("sim", "dimse", DimseConnection(ae_title="SIM_LATE", host="127.0.0.1", port=sim.dimse_port,
+                                                         dimse_timeout=2))
+        drain(port.find(request, src, CancelToken()))
+        (assoc,) = port._pool._open
+        assoc._reactor_checkpoint = LateReactor(assoc, hold=0.03)
+        for _ in range(3):
+            time.sleep(0.05)  # idle in the pool: the reactor runs (and passes its checkpoint) again
+            found = []
+            stream = port.find(request, src, CancelToken())
+            while True:
+                try:
+                    found.append(next(stream))
+                except StopIteration as stop:
+                    summary = stop.value
+                    break
+                time.sleep(0.01)  # a consumer busy with each match (as a worker writing answers out): responses queue
+            assert (len(found), summary) == (10, None)
+        assert set(port._pool._open) == {assoc}  # every find ran on the one pooled association
 
 
 def test_max_results_caps_and_reports_truncation(two_orthancs, port) -> None:

@@ -16,7 +16,7 @@ import time
 import httpx
 import pytest
 
-from shared.adapters.dicomweb import QidoQueryPort
+from shared.adapters.dicomweb import GoogleHealthcareAccess, QidoQueryPort
 from shared.connections import DicomwebAuth, DicomwebConnection, GoogleHealthcareConnection
 from shared.dicom.levels import InformationModel, QueryLevel
 from shared.spanning.model import FindSummary, SourceSpec, SpanRequest
@@ -201,7 +201,7 @@ def test_google_healthcare_needs_a_token_provider() -> None:
             drain(port.find(SpanRequest(QueryLevel.STUDY, ident()), src, CancelToken()))
     seen = []
     with _mock_port(lambda r: seen.append(r) or httpx.Response(200, json=STUDY_JSON),
-                    token_provider=lambda: "g-token") as port:
+                    google=GoogleHealthcareAccess(lambda: "g-token")) as port:
         found, _ = drain(port.find(SpanRequest(QueryLevel.STUDY, ident()), src, CancelToken()))
     assert len(found) == 1 and seen[0].headers["Authorization"] == "Bearer g-token"
     assert str(seen[0].url).startswith(conn.base_url + "/studies")

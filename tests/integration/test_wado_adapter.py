@@ -24,6 +24,7 @@ from pydicom.uid import ImplicitVRLittleEndian, RLELossless
 from services.pacs_sim import Faults, PacsSimulator, generate_catalog
 from services.pacs_sim.faults import FaultInjector
 from services.pacs_sim.web import DicomWebService, PacsSimHandler
+from shared.adapters.dicomweb_http import GoogleHealthcareAccess
 from shared.adapters.dicomweb_retrieve import ACCEPT_DICOM, WadoRetrievePort
 from shared.adapters.retrieve_ports import RoutingRetrievePort
 from shared.connections import DicomwebAuth, DicomwebConnection, DimseConnection, GoogleHealthcareConnection
@@ -334,7 +335,7 @@ def test_accept_header_prefix_and_google_token() -> None:
         seen.append(r)
         return httpx.Response(200, content=body, headers={"Content-Type": multipart_content_type("bnd")})
 
-    with mock_port(handler, token_provider=lambda: "g-token") as port:
+    with mock_port(handler, google=GoogleHealthcareAccess(lambda: "g-token")) as port:
         _, outcome = get_study(port, web("http://pacs.test/dw", wado_prefix="wado", auth=DicomwebAuth(
             type="api_key", token="k3y", header="X-Key")))
         gcp = GoogleHealthcareConnection(project="p", location="l", dataset="d", dicom_store="s")

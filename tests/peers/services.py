@@ -15,7 +15,10 @@ remote-control queue and the task queues have its consumers, per `rabbitmqctl li
 `tails_on_failure(config)` adds the tail of every process log to the report of a failing test.
 
 Missing servers skip the test with the reason (`tests.peers.require`); under AXIOM_REQUIRE_SERVICES=1 they fail it.
-Overrides: AXIOM_TEST_POSTGRES_URL, AXIOM_TEST_REDIS_URL, AXIOM_TEST_RABBITMQ_HOST / _PORT / _USER / _PASSWORD.
+Tests that apply broker policies (`axiom broker setup`, `axiom stack up`) also need RabbitMQ's management API
+(`require_broker_management`; `rabbitmq-plugins enable rabbitmq_management`, as .ci/run does).
+Overrides: AXIOM_TEST_POSTGRES_URL, AXIOM_TEST_REDIS_URL, AXIOM_TEST_RABBITMQ_HOST / _PORT / _USER / _PASSWORD,
+AXIOM_TEST_RABBITMQ_MANAGEMENT_URL (default http://<host>:15672).
 """
 
 from __future__ import annotations
@@ -51,6 +54,8 @@ RABBITMQ_HOST = os.environ.get("AXIOM_TEST_RABBITMQ_HOST", "127.0.0.1")
 RABBITMQ_PORT = int(os.environ.get("AXIOM_TEST_RABBITMQ_PORT", "5672"))
 RABBITMQ_USER = os.environ.get("AXIOM_TEST_RABBITMQ_USER", "guest")
 RABBITMQ_PASSWORD = os.environ.get("AXIOM_TEST_RABBITMQ_PASSWORD", "guest")
+RABBITMQ_MANAGEMENT_URL = os.environ.get("AXIOM_TEST_RABBITMQ_MANAGEMENT_URL",
+                                         f"http://{RABBITMQ_HOST}:15672").rstrip("/")
 REDIS_INDEXES = tuple(range(1, 16))
 REDIS_CLAIM_PREFIX = "axiom-test:redis-db-claim:"
 REDIS_CLAIM_SECONDS = 2 * 3600
@@ -100,6 +105,26 @@ def rabbitmq_problem() -> str | None:
     except RuntimeError as exc:
         return f"rabbitmqctl does not work here (run as root or with the Erlang cookie): {exc}"
     return None
+
+
+def rabbitmq_management_problem() -> str | None:
+    """Why RabbitMQ's management HTTP API cannot be used with the test user (None when it can)."""
+    try:
+        response = httpx.get(f"{RABBITMQ_MANAGEMENT_URL}/api/overview", auth=(RABBITMQ_USER, RABBITMQ_PASSWORD),
+                             timeout=3)
+    except httpx.HTTPError as exc:
+        return (f"RabbitMQ's management API is not reachable at {RABBITMQ_MANAGEMENT_URL} ({exc}): "
+                "rabbitmq-plugins enable rabbitmq_management")
+    if response.status_code != 200:
+        return f"RabbitMQ's management API at {RABBITMQ_MANAGEMENT_URL} answered {response.status_code} for user " \
+               f"{RABBITMQ_USER!r}"
+    return None
+
+
+def require_broker_management() -> None:
+    """Skip (or fail under AXIOM_REQUIRE_SERVICES=1) unless RabbitMQ, rabbitmqctl and its management API work."""
+    for problem in (rabbitmq_problem(), rabbitmq_management_problem()):
+        require(problem is None, problem or "")
 
 
 def require_stack_services() -> None:

@@ -167,12 +167,92 @@ def test_the_four_dockerfiles_differ_only_in_their_service_lines():
     assert len(set(tails.values())) == len(AXIOM_DOCKERFILES)
 
 
+def dockerignore_patterns() -> list[str]:
+    return [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
+            if line.strip() and not line.startswith("#")]
+
+
+def _glob_regex(pattern: str) -> re.Pattern:
+    """A .dockerignore pattern as a regex (Go filepath.Match plus `**`: `*` and `?` stop at `/`)."""
+    out, index = "", 0
+    while index < len(pattern):
+        char = pattern[index]
+        if pattern.startswith("**/", index):
+            out, index = out + "(?:.*/)?", index + 3
+        elif pattern.startswith("**", index):
+            out, index = out + ".*", index + 2
+        elif char == "*":
+            out, index = out + "[^/]*", index + 1
+        elif char == "?":
+            out, index = out + "[^/]", index + 1
+        elif char == "[":
+            end = pattern.index("]", index)
+            out, index = out + pattern[index:end + 1].replace("[^", "[^/").replace("[!", "[^/"), end + 1
+        else:
+            out, index = out + re.escape(char), index + 1
+    return re.compile(out)
+
+
+def dockerignore_excludes(patterns: list[str], path: str) -> bool:
+    """Whether Docker leaves `path` out of the build context: a pattern matches the path or one of its parent
+    directories, a `!` pattern re-includes, and the last matching line decides (moby's patternmatcher)."""
+    excluded = False
+    parents = ["/".join(path.split("/")[:count]) for count in range(1, path.count("/") + 2)]
+    for pattern in patterns:
+        negated = pattern.startswith("!")
+        regex = _glob_regex(os.path.normpath(pattern.lstrip("!").strip()).lstrip("/"))
+        if any(regex.fullmatch(parent) for parent in parents):
+            excluded = not negated
+    return excluded
+
+
+def test_the_dockerignore_matcher_follows_dockers_rules():
+    assert dockerignore_excludes(["deploy"], "deploy/x/y.conf")
+    assert not dockerignore_excludes(["deploy", "!deploy/x/y.conf"], "deploy/x/y.conf")
+    assert dockerignore_excludes(["!deploy/x/y.conf", "deploy"], "deploy/x/y.conf")  # the last match decides
+    assert dockerignore_excludes(["**/*.py[cod]"], "shared/a.pyc") and dockerignore_excludes(["*.md"], "README.md")
+    assert not dockerignore_excludes(["*.md"], "docs/x.md")  # `*` does not cross `/`
+
+
 def test_the_dockerignore_keeps_secrets_out_and_the_package_in():
-    patterns = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
-                if line.strip() and not line.startswith("#")]
-    assert ".env" in patterns and ".git" in patterns and ".venv" in patterns
-    for needed in ("shared", "services", "alembic", "alembic.ini", "pyproject.toml", "README.md"):
-        assert needed not in patterns, f".dockerignore drops {needed}, which the image needs"
+    patterns = dockerignore_patterns()
+    for path in (".env", ".env.local", ".git/config", ".venv/bin/python", "tests/unit/test_compose.py",
+                 "shared/__pycache__/config.cpython-311.pyc", "docs/operations.md", "deploy/rabbitmq/rabbitmq.conf",
+                 "deploy/fluentd/fluent.conf", "docker-compose.yml", "axiom-data/axiom.db"):
+        assert dockerignore_excludes(patterns, path), f".dockerignore sends {path} to the Docker daemon"
+    for path in ("shared/config.py", "services/cli/main.py", "alembic/env.py", "alembic.ini", "pyproject.toml",
+                 "README.md", ".env.example", "deploy/rabbitmq/definitions.json"):
+        assert not dockerignore_excludes(patterns, path), f".dockerignore drops {path}, which the image needs"
+
+
+# --- the broker-setup one-shot ----------------------------------------------------------------------------------
+
+
+def test_broker_setup_runs_once_after_rabbitmq_and_before_everything_that_uses_it():
+    base = load(BASE)["services"]
+    body = axiom_services()["broker-setup"]
+    assert body["command"] == ["axiom", "broker", "setup"] and body["restart"] == "no"
+    assert body["build"] == {"context": ".", "dockerfile": "Dockerfile.api"}
+    assert body["depends_on"] == {"rabbitmq": {"condition": "service_healthy"}}
+    assert body["environment"] == base["migrate"]["environment"]  # the shared axiom environment (x-axiom-environment)
+    assert "RABBITMQ_URL" in body["environment"]
+    one_shots = {"migrate", "broker-setup"}
+    for name, service in axiom_services().items():
+        if name not in one_shots:
+            condition = service["depends_on"].get("broker-setup", {}).get("condition")
+            assert condition == "service_completed_successfully", f"{name} does not wait for broker-setup"
+
+
+def test_the_policy_file_reaches_the_one_shot_not_the_broker():
+    """The image holds deploy/rabbitmq/definitions.json where `axiom broker setup` looks by default; the broker
+    itself no longer mounts it (it is not loaded at boot: deploy/rabbitmq/rabbitmq.conf)."""
+    from shared.messaging.broker_policy import DEFAULT_DEFINITIONS
+
+    assert DEFAULT_DEFINITIONS == ROOT / "deploy" / "rabbitmq" / "definitions.json"
+    assert not dockerignore_excludes(dockerignore_patterns(), "deploy/rabbitmq/definitions.json")
+    for name in (BASE, OVERLAY, LOGGING):
+        for service, body in load(name)["services"].items():
+            assert not any("definitions.json" in str(volume) for volume in body.get("volumes", [])), service
 
 
 # --- ports, environment, workers ------------------------------------------------------------------------------
@@ -219,7 +299,8 @@ def test_overlay_services_are_production_shaped(service):
     assert body["healthcheck"]["test"], f"{service}: no healthcheck"
     conditions = {name: dep["condition"] for name, dep in body["depends_on"].items()}
     assert conditions == {"db": "service_healthy", "redis": "service_healthy", "rabbitmq": "service_healthy",
-                          "migrate": "service_completed_successfully"}
+                          "migrate": "service_completed_successfully",
+                          "broker-setup": "service_completed_successfully"}
     limits = body["deploy"]["resources"]["limits"]
     assert limits.get("cpus") and limits.get("memory"), f"{service}: no resource limits"
     assert set(body["networks"]) == {"default", "shared"}

@@ -215,7 +215,19 @@ def test_definitions_loaded_at_boot_must_carry_their_own_users():
     if "load_definitions" in conf:
         assert definitions.get("users") and definitions.get("permissions")
     else:
-        assert "users" not in definitions  # imported into a running broker: its users stay as they are
+        assert "users" not in definitions  # applied to a running broker: its users stay as they are
+
+
+def test_no_document_asks_for_a_manual_policy_import():
+    """`broker-setup` (`axiom broker setup`) applies the policy; the docs say so, and that outside Docker it is run
+    once after the broker is up."""
+    for name in ("README.md", "docs/operations.md", "deploy/rabbitmq/rabbitmq.conf", "docker-compose.yml",
+                 "docker-compose.enterprise.yml", ".env.example"):
+        assert "import_definitions" not in (ROOT / name).read_text(encoding="utf-8"), name
+    for name in ("README.md", "docs/operations.md", "deploy/rabbitmq/rabbitmq.conf"):
+        text = " ".join((ROOT / name).read_text(encoding="utf-8").split())
+        assert "broker-setup" in text and "axiom broker setup" in text, name
+    assert "broker_policy_applied" in logged_events()
 
 
 

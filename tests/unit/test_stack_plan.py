@@ -123,7 +123,11 @@ def test_the_repositorys_compose_files_give_the_documented_topology():
     files = default_compose_files()
     assert [path.name for path in files] == ["docker-compose.yml", "docker-compose.enterprise.yml"]
     result = build_plan(load_compose(files), ENV, scale={"dimse-query-worker": 2})
-    assert [shot.service for shot in result.one_shots] == ["migrate"] and result.one_shots[0].argv is None
+    migrate, broker_setup = result.one_shots
+    assert (migrate.service, migrate.argv) == ("migrate", None)  # in-process upgrade_to_head
+    assert (broker_setup.service, broker_setup.argv) == (
+        "broker-setup", (sys.executable, "-m", "services.cli.main", "broker", "setup"))  # a process, after migrate
+    assert broker_setup.env["RABBITMQ_URL"] == ENV["RABBITMQ_URL"]  # the caller's broker and vhost
     specs = by_label(result)
     modules = {label: spec.argv[2] for label, spec in specs.items()}
     assert modules == {"api": "services.api", "spanner-coordinator": "services.spanner_coordinator",

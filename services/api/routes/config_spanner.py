@@ -9,7 +9,7 @@ answers on, or a source already mapped. The test is admin-only: it makes this se
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Response, status
+from fastapi import APIRouter, Request, Response, status
 from sqlalchemy.orm import Session
 
 from services.api.config_schemas import (
@@ -22,6 +22,7 @@ from services.api.config_schemas import (
 )
 from services.api.deps import AdminDep, PrincipalDep, RowId, SessionDep
 from services.api.routes.config import committed_or_conflict, conflict, field_error, not_found, written_row
+from shared.adapters.google_auth import google_healthcare_access
 from shared.adapters.probe import probe_sources
 from shared.db.models import Source, SpannerConfig, SpannerSourceMapping
 from shared.db.repo.spanner_configs import (
@@ -150,15 +151,17 @@ def remove_mapping(id: RowId, source_id: RowId, session: SessionDep, _admin: Adm
 
 
 @router.post("/{id}/test", response_model=SpannerTestOut)
-def test_config(id: RowId, session: SessionDep, _admin: AdminDep) -> SpannerTestOut:
+def test_config(id: RowId, request: Request, session: SessionDep, _admin: AdminDep) -> SpannerTestOut:
     """Probe every source mapped to the config (enabled or not) in parallel: C-ECHO to DIMSE sources with their
-    calling AE title and timeouts, QIDO-RS `studies?limit=1` to DICOMweb sources; per source `reachable`,
-    `latency_ms` (round trip) and `error`. The answer is 200 whatever the sources say."""
+    calling AE title and timeouts, QIDO-RS `studies?limit=1` to DICOMweb sources (Google Cloud Healthcare ones with
+    an access token from the app's credentials); per source `reachable`, `latency_ms` (round trip) and `error`. The
+    answer is 200 whatever the sources say (no Google credentials is an unreachable source saying so)."""
     config = _config(session, id)
     mappings = list(config.mappings)
     specs = [source_spec(m) for m in mappings]
     deadline = max([config.query_timeout_seconds, *(s.timeout_seconds or 0 for s in specs)])
-    results = probe_sources(specs, deadline_seconds=deadline)
+    results = probe_sources(specs, deadline_seconds=deadline,
+                            google=google_healthcare_access(request.app.state.settings))
     probes = [ProbeOut(source_id=m.source_id, source=r.source, kind=r.kind, is_enabled=m.is_enabled and
                        m.source.is_enabled, reachable=r.reachable, latency_ms=r.latency_ms, error=r.error)
               for m, r in zip(mappings, results)]
